@@ -1,0 +1,212 @@
+#include "app/config.hpp"
+
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <regex>
+#include <set>
+#include <thread>
+
+extern char** environ;
+
+namespace tokend::app {
+namespace {
+
+std::optional<long long> parse_int(const std::string& s) {
+  long long v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
+  return v;
+}
+
+std::optional<std::string> base64_decode(const std::string& in) {
+  if (in.empty() || in.size() % 4 != 0) return std::nullopt;
+  std::string out(in.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(in.data()),
+                          static_cast<int>(in.size()));
+  if (n < 0) return std::nullopt;
+  std::size_t pad = 0;
+  if (in.back() == '=') ++pad;
+  if (in.size() > 1 && in[in.size() - 2] == '=') ++pad;
+  out.resize(static_cast<std::size_t>(n) - pad);
+  return out;
+}
+
+bool parse_host_port(const std::string& s, std::string& host, unsigned short& port) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  auto p = parse_int(s.substr(colon + 1));
+  if (!p || *p < 0 || *p > 65535) return false;
+  port = static_cast<unsigned short>(*p);
+  return true;
+}
+
+}  // namespace
+
+std::map<std::string, std::string> tokend_environment() {
+  std::map<std::string, std::string> out;
+  for (char** e = environ; e && *e; ++e) {
+    std::string kv(*e);
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || kv.rfind("TOKEND_", 0) != 0) continue;
+    out.emplace(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  return out;
+}
+
+config_result parse_config(const std::map<std::string, std::string>& env, needs what) {
+  config c;
+  auto get = [&](const char* k) -> std::optional<std::string> {
+    auto it = env.find(k);
+    if (it == env.end()) return std::nullopt;
+    return it->second;
+  };
+  auto fail = [](std::string var, std::string reason) {
+    return config_result{std::nullopt, config_error{std::move(var), std::move(reason)}};
+  };
+  auto positive = [&](const char* k, long long lo, long long hi,
+                      long long& out) -> std::optional<config_error> {
+    auto v = get(k);
+    if (!v) return std::nullopt;
+    auto n = parse_int(*v);
+    if (!n || *n < lo || *n > hi) {
+      return config_error{k, "must be an integer between " + std::to_string(lo) + " and " +
+                                 std::to_string(hi) + ", got '" + *v + "'"};
+    }
+    out = *n;
+    return std::nullopt;
+  };
+
+  if (auto v = get("TOKEND_DATABASE_URL"); v && !v->empty()) {
+    c.database_url = *v;
+  } else if (what != needs::nothing) {
+    return fail("TOKEND_DATABASE_URL", "is required (a libpq URI, e.g. postgresql:///tokend)");
+  }
+
+  if (auto v = get("TOKEND_LISTEN")) {
+    if (!parse_host_port(*v, c.listen_host, c.listen_port)) {
+      return fail("TOKEND_LISTEN", "must be host:port with a port 0..65535, got '" + *v + "'");
+    }
+  }
+  if (auto v = get("TOKEND_METRICS_LISTEN"); v && !v->empty()) {
+    std::string host;
+    if (!parse_host_port(*v, host, c.metrics_port)) {
+      return fail("TOKEND_METRICS_LISTEN",
+                  "must be host:port with a port 0..65535, got '" + *v + "'");
+    }
+    c.metrics_host = host;
+  }
+  if (auto v = get("TOKEND_PUBLIC_URL"); v && !v->empty()) {
+    if (!std::regex_match(*v, std::regex(R"(^https?://[^/\s?#]+(/[^\s?#]*)?$)"))) {
+      return fail("TOKEND_PUBLIC_URL", "must be an absolute http(s) URL, got '" + *v + "'");
+    }
+    c.public_url = *v;
+    while (!c.public_url.empty() && c.public_url.back() == '/') c.public_url.pop_back();
+  } else {
+    c.public_url = "http://" + c.listen_host + ":" + std::to_string(c.listen_port);
+  }
+
+  if (auto v = get("TOKEND_MASTER_KEYS"); v && !v->empty()) {
+    std::set<std::string> seen;
+    std::size_t start = 0;
+    while (start <= v->size()) {
+      auto end = v->find(',', start);
+      if (end == std::string::npos) end = v->size();
+      auto item = v->substr(start, end - start);
+      auto colon = item.find(':');
+      if (colon == std::string::npos || colon == 0) {
+        return fail("TOKEND_MASTER_KEYS", "each entry must be kid:base64(32 bytes)");
+      }
+      auto kid = item.substr(0, colon);
+      if (!std::regex_match(kid, std::regex("^[A-Za-z0-9._-]{1,32}$"))) {
+        return fail("TOKEND_MASTER_KEYS",
+                    "key id '" + kid + "' must be 1-32 characters of A-Z a-z 0-9 . _ -");
+      }
+      auto key = base64_decode(item.substr(colon + 1));
+      if (!key || key->size() != 32) {
+        return fail("TOKEND_MASTER_KEYS",
+                    "key '" + kid + "' must be base64 of exactly 32 bytes");
+      }
+      if (!seen.insert(kid).second) {
+        return fail("TOKEND_MASTER_KEYS", "key id '" + kid + "' appears twice");
+      }
+      c.master_keys.push_back({kid, *key});
+      start = end + 1;
+    }
+  } else if (what == needs::serving) {
+    return fail("TOKEND_MASTER_KEYS",
+                "is required: kid:base64(32 bytes)[,kid:...], the first is active");
+  }
+
+  if (auto v = get("TOKEND_ADMIN_TOKEN"); v && !v->empty()) {
+    if (v->size() < 16) return fail("TOKEND_ADMIN_TOKEN", "must be at least 16 characters");
+    c.admin_token = *v;
+  }
+  if (auto v = get("TOKEND_ENVIRONMENT"); v && !v->empty()) c.environment = *v;
+  if (auto v = get("TOKEND_INSTANCE_ID"); v && !v->empty()) {
+    c.instance_id = *v;
+  } else {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    c.instance_id = std::string(host) + "-" + std::to_string(::getpid());
+  }
+  if (auto v = get("TOKEND_LOG_LEVEL")) {
+    auto l = log::parse_level(*v);
+    if (!l) return fail("TOKEND_LOG_LEVEL", "must be trace, debug, info, warn, error or off");
+    c.log_level = *l;
+  }
+  if (auto v = get("TOKEND_LOG_FORMAT")) {
+    auto f = log::parse_format(*v);
+    if (!f) return fail("TOKEND_LOG_FORMAT", "must be json or text");
+    c.log_format = *f;
+  }
+
+  long long n = std::max(1u, std::thread::hardware_concurrency());
+  if (auto e = positive("TOKEND_THREADS", 1, 256, n)) return {std::nullopt, e};
+  c.threads = static_cast<unsigned>(n);
+  n = c.db_pool_size;
+  if (auto e = positive("TOKEND_DB_POOL_SIZE", 1, 1000, n)) return {std::nullopt, e};
+  c.db_pool_size = static_cast<unsigned>(n);
+  n = c.refresh_pool_size;
+  if (auto e = positive("TOKEND_REFRESH_POOL_SIZE", 1, 1000, n)) return {std::nullopt, e};
+  c.refresh_pool_size = static_cast<unsigned>(n);
+  n = c.request_timeout.count();
+  if (auto e = positive("TOKEND_REQUEST_TIMEOUT", 1, 600, n)) return {std::nullopt, e};
+  c.request_timeout = std::chrono::seconds(n);
+  n = c.force_refresh_min_interval.count();
+  if (auto e = positive("TOKEND_FORCE_REFRESH_MIN_INTERVAL", 0, 86400, n)) return {std::nullopt, e};
+  c.force_refresh_min_interval = std::chrono::seconds(n);
+  n = c.http_read_timeout.count();
+  if (auto e = positive("TOKEND_HTTP_READ_TIMEOUT_MS", 100, 600000, n)) return {std::nullopt, e};
+  c.http_read_timeout = std::chrono::milliseconds(n);
+  n = c.http_idle_timeout.count();
+  if (auto e = positive("TOKEND_HTTP_IDLE_TIMEOUT_MS", 100, 3600000, n)) return {std::nullopt, e};
+  c.http_idle_timeout = std::chrono::milliseconds(n);
+  n = c.db_statement_timeout.count();
+  if (auto e = positive("TOKEND_DB_STATEMENT_TIMEOUT_MS", 100, 600000, n)) {
+    return {std::nullopt, e};
+  }
+  c.db_statement_timeout = std::chrono::milliseconds(n);
+  n = 0;
+  if (auto e = positive("TOKEND_SHUTDOWN_GRACE", 0, 3600, n)) return {std::nullopt, e};
+  c.shutdown_grace = std::chrono::seconds(n);
+  if (c.shutdown_grace.count() == 0) c.shutdown_grace = c.request_timeout + std::chrono::seconds(5);
+
+  if (auto v = get("TOKEND_SCHEDULER")) {
+    if (*v != "on" && *v != "off") return fail("TOKEND_SCHEDULER", "must be on or off");
+    c.scheduler = *v == "on";
+  }
+  if (auto v = get("TOKEND_ALLOW_INSECURE_PROVIDER_URLS"); v && !v->empty()) {
+    if (*v != "1" && *v != "0") return fail("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "must be 1 or unset");
+    c.allow_insecure_provider_urls = *v == "1";
+  }
+  return {c, std::nullopt};
+}
+
+}  // namespace tokend::app

@@ -1,0 +1,65 @@
+// Process configuration from the environment (flags may override), validated once at start.
+// A bad value is reported as {variable, reason}; the caller exits 2 with one line.
+#pragma once
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "observability/log.hpp"
+
+namespace tokend::app {
+
+struct master_key {
+  std::string kid;
+  std::string key;  // 32 raw bytes
+};
+
+struct config {
+  std::string database_url;
+  std::string listen_host = "127.0.0.1";
+  unsigned short listen_port = 8080;
+  std::optional<std::string> metrics_host;
+  unsigned short metrics_port = 0;
+  std::string public_url;  // defaults to http://{listen}
+  std::vector<master_key> master_keys;
+  std::string admin_token;
+  std::string environment = "development";
+  std::string instance_id;
+  log::level log_level = log::level::info;
+  log::format log_format = log::format::json;
+  unsigned threads = 1;
+  unsigned db_pool_size = 8;
+  unsigned refresh_pool_size = 16;
+  std::chrono::seconds request_timeout{15};
+  std::chrono::seconds force_refresh_min_interval{10};
+  bool scheduler = true;
+  bool allow_insecure_provider_urls = false;
+  // HTTP transport limits; not in the contract's table but settable for operations and tests.
+  std::chrono::milliseconds http_read_timeout{10000};  // whole header+body read of a request
+  std::chrono::milliseconds http_idle_timeout{60000};  // keep-alive wait for the next request
+  std::chrono::milliseconds db_statement_timeout{5000};
+  std::chrono::seconds shutdown_grace{0};  // 0: request_timeout + 5 s
+};
+
+struct config_error {
+  std::string variable;
+  std::string reason;
+  std::string line() const { return variable + ": " + reason; }
+};
+
+enum class needs { nothing, database, serving };
+
+// Parses `env` (variable -> value) with `flags` ("--listen=...", "--migrate" are handled by the
+// caller) applied on top. `what` says which required settings must be present. Pure.
+struct config_result {
+  std::optional<config> cfg;
+  std::optional<config_error> error;
+};
+config_result parse_config(const std::map<std::string, std::string>& env, needs what);
+
+// The process environment as a map of TOKEND_* variables.
+std::map<std::string, std::string> tokend_environment();
+
+}  // namespace tokend::app

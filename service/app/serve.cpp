@@ -1,0 +1,117 @@
+#include "app/serve.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "api/ops.hpp"
+#include "http/router.hpp"
+#include "http/server.hpp"
+#include "observability/log.hpp"
+#include "observability/metrics.hpp"
+#include "store/db_pool.hpp"
+
+namespace asio = boost::asio;
+
+namespace tokend::app {
+namespace {
+
+http::completion_hook access_log(observability::metrics& m) {
+  return [&m](const http::request& req, const http::response& res,
+              std::chrono::duration<double> took) {
+    m.observe_request(req.method, req.route, res.status, took.count());
+    log::write(log::level::info, "request",
+               {{"method", req.method},
+                {"route", req.route},
+                {"status", res.status},
+                {"duration_ms", std::round(took.count() * 100000.0) / 100.0},
+                {"remote", req.remote}},
+               req.request_id);
+  };
+}
+
+}  // namespace
+
+int serve(const config& c) {
+  observability::metrics metrics;
+  store::db_pool db({.name = "short",
+                     .conninfo = c.database_url,
+                     .size = c.db_pool_size,
+                     .statement_timeout = c.db_statement_timeout,
+                     .idle_in_transaction_timeout = c.db_statement_timeout * 2},
+                    &metrics);
+  // Refresh transactions hold their lease across a provider call and set their own timeouts.
+  store::db_pool refresh_db({.name = "refresh", .conninfo = c.database_url,
+                             .size = c.refresh_pool_size},
+                            &metrics);
+
+  asio::io_context ioc(static_cast<int>(c.threads));
+  http::server_options opts{.read_timeout = c.http_read_timeout,
+                            .idle_timeout = c.http_idle_timeout,
+                            .request_timeout = c.request_timeout};
+
+  http::router api_routes;
+  api::register_ops(api_routes, db, metrics, !c.metrics_host.has_value());
+  http::server api_server(ioc, opts, api_routes, access_log(metrics));
+
+  http::router metrics_routes;
+  std::unique_ptr<http::server> metrics_server;
+  try {
+    auto addr = api_server.listen(c.listen_host, c.listen_port);
+    log::write(log::level::info, "listening", {{"address", addr}, {"version", TOKEND_VERSION}});
+    if (c.metrics_host) {
+      api::register_metrics(metrics_routes, metrics);
+      metrics_server =
+          std::make_unique<http::server>(ioc, opts, metrics_routes, access_log(metrics));
+      auto maddr = metrics_server->listen(*c.metrics_host, c.metrics_port);
+      log::write(log::level::info, "metrics listening", {{"address", maddr}});
+    }
+  } catch (const std::exception& e) {
+    log::write(log::level::error, "cannot listen", {{"error", e.what()}});
+    return 1;
+  }
+
+  asio::signal_set signals(ioc, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    log::write(log::level::info, "shutting down",
+               {{"signal", sig}, {"grace_seconds", c.shutdown_grace.count()}});
+    api_server.begin_shutdown();
+    if (metrics_server) metrics_server->begin_shutdown();
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          const auto deadline = std::chrono::steady_clock::now() + c.shutdown_grace;
+          asio::steady_timer t(ioc);
+          while (api_server.active_requests() > 0 &&
+                 std::chrono::steady_clock::now() < deadline) {
+            t.expires_after(std::chrono::milliseconds(20));
+            co_await t.async_wait(asio::use_awaitable);
+          }
+          if (api_server.active_requests() > 0) {
+            log::write(log::level::warn, "grace period over; closing busy connections",
+                       {{"active_requests", api_server.active_requests()}});
+          }
+          api_server.close_all();
+          if (metrics_server) metrics_server->close_all();
+          ioc.stop();
+        },
+        asio::detached);
+  });
+
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < c.threads; ++i) threads.emplace_back([&] { ioc.run(); });
+  ioc.run();
+  for (auto& t : threads) t.join();
+  db.drain();
+  refresh_db.drain();
+  log::write(log::level::info, "stopped");
+  return 0;
+}
+
+}  // namespace tokend::app

@@ -1,0 +1,51 @@
+// Transport-neutral HTTP request/response used by handlers, so handler code needs no Beast.
+#pragma once
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace tokend::http {
+
+struct request {
+  std::string method;  // upper case, e.g. "GET"
+  std::string target;  // raw request target
+  std::string path;    // target without the query
+  std::string query;   // raw query string without '?'
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string request_id;
+  std::string remote;  // peer address, for logs
+  std::chrono::steady_clock::time_point received_at{};
+  std::chrono::steady_clock::time_point deadline{};  // received_at + request timeout
+
+  // Filled by the router.
+  std::string route;  // the matched template, e.g. "/v1/tokens/{connection}"
+  std::map<std::string, std::string, std::less<>> params;
+
+  // Case-insensitive header lookup; the first occurrence wins.
+  std::optional<std::string_view> header(std::string_view name) const;
+  // Percent-decoded query parameter; nullopt when absent.
+  std::optional<std::string> query_param(std::string_view name) const;
+  const std::string& param(std::string_view name) const;
+};
+
+struct response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  bool close = false;  // ask the transport to close the connection after writing
+
+  void set_header(std::string name, std::string value) {
+    headers.emplace_back(std::move(name), std::move(value));
+  }
+};
+
+// A JSON 200/201 response with the given body text.
+response json_response(int status, std::string body);
+
+}  // namespace tokend::http

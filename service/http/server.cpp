@@ -1,0 +1,299 @@
+#include "http/server.hpp"
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <mutex>
+#include <random>
+#include <set>
+
+#include "http/problem.hpp"
+#include "http/router.hpp"
+#include "observability/log.hpp"
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+namespace tokend::http {
+namespace {
+
+bool valid_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+          c == ':')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string new_request_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (int half = 0; half < 2; ++half) {
+    auto v = rng();
+    for (int i = 0; i < 16; ++i) out[half * 16 + i] = hex[(v >> (i * 4)) & 0xf];
+  }
+  return out;
+}
+
+struct session_state {
+  // All fields are touched only on the session's strand.
+  beast::tcp_stream* stream = nullptr;
+  bool busy = false;
+  bool alive = true;
+};
+
+}  // namespace
+
+struct server::impl : std::enable_shared_from_this<server::impl> {
+  impl(asio::io_context& c, server_options o, const router& r, completion_hook h)
+      : ioc(c), opts(o), routes(r), on_done(std::move(h)) {}
+
+  asio::io_context& ioc;
+  server_options opts;
+  const router& routes;
+  completion_hook on_done;
+
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors;  // mutated before run and by shutdown
+  std::atomic<bool> stopping{false};
+  std::atomic<std::size_t> active{0};
+
+  mutable std::mutex mu;  // guards sessions
+  std::set<std::shared_ptr<session_state>> sessions;
+
+  void finish(const request& req, const response& res) {
+    if (on_done) on_done(req, res, std::chrono::steady_clock::now() - req.received_at);
+  }
+
+  asio::awaitable<void> accept_loop(tcp::acceptor& acceptor) {
+    auto self = shared_from_this();
+    for (;;) {
+      boost::system::error_code ec;
+      auto socket = co_await acceptor.async_accept(asio::make_strand(ioc),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+      if (ec == asio::error::operation_aborted || stopping) co_return;
+      if (ec) {
+        log::write(log::level::warn, "accept failed", {{"error", ec.message()}});
+        // Back off on resource exhaustion (EMFILE) instead of spinning.
+        asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(50));
+        co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        continue;
+      }
+      auto ex = socket.get_executor();
+      asio::co_spawn(ex, session(beast::tcp_stream(std::move(socket))),
+                     [](std::exception_ptr e) {
+                       if (!e) return;
+                       try {
+                         std::rethrow_exception(e);
+                       } catch (const std::exception& ex) {
+                         log::write(log::level::error, "session failed", {{"error", ex.what()}});
+                       }
+                     });
+    }
+  }
+
+  response to_problem_for_parse_error(const boost::system::error_code& ec,
+                                      const std::string& request_id) {
+    if (ec == bhttp::error::header_limit) {
+      return make_problem(errc::headers_too_large, "request header fields exceed 8 KiB",
+                          request_id);
+    }
+    if (ec == bhttp::error::body_limit) {
+      return make_problem(errc::payload_too_large, "request body exceeds 64 KiB", request_id);
+    }
+    return make_problem(errc::invalid_request, "malformed HTTP request", request_id);
+  }
+
+  asio::awaitable<void> write_response(beast::tcp_stream& stream, const request& req,
+                                       response& res, unsigned version, bool keep_alive) {
+    bhttp::response<bhttp::string_body> out{static_cast<bhttp::status>(res.status), version};
+    out.set(bhttp::field::server, "tokend");
+    if (!res.body.empty() || res.status != 204) {
+      out.set(bhttp::field::content_type, res.content_type);
+    }
+    out.set("X-Request-Id", req.request_id);
+    for (const auto& [k, v] : res.headers) out.set(k, v);
+    if (req.method != "HEAD") out.body() = std::move(res.body);
+    out.keep_alive(keep_alive);
+    out.prepare_payload();
+    if (req.method == "HEAD") out.content_length(out.body().size());
+    stream.expires_after(opts.write_timeout);
+    co_await bhttp::async_write(stream, out, asio::use_awaitable);
+  }
+
+  asio::awaitable<void> session(beast::tcp_stream stream) {
+    auto self = shared_from_this();
+    auto st = std::make_shared<session_state>();
+    st->stream = &stream;
+    {
+      std::lock_guard lk(mu);
+      if (stopping) co_return;
+      sessions.insert(st);
+    }
+    std::string remote;
+    {
+      boost::system::error_code ec;
+      auto ep = stream.socket().remote_endpoint(ec);
+      if (!ec) remote = ep.address().to_string() + ":" + std::to_string(ep.port());
+    }
+    beast::flat_buffer buffer;
+    bool first = true;
+    try {
+      for (;;) {
+        boost::system::error_code ec;
+        if (buffer.size() == 0) {
+          // Waiting for the next request: idle timeout (read timeout for the first one).
+          stream.expires_after(first ? opts.read_timeout : opts.idle_timeout);
+          auto n = co_await stream.async_read_some(buffer.prepare(4096),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+          if (ec) break;  // closed, timed out or shut down: nothing half-read to answer
+          buffer.commit(n);
+        }
+        first = false;
+        st->busy = true;
+        bhttp::request_parser<bhttp::string_body> parser;
+        parser.header_limit(static_cast<std::uint32_t>(opts.header_limit));
+        parser.body_limit(opts.body_limit);
+        stream.expires_after(opts.read_timeout);
+        co_await bhttp::async_read(stream, buffer, parser,
+                                   asio::redirect_error(asio::use_awaitable, ec));
+        request req;
+        req.received_at = std::chrono::steady_clock::now();
+        req.deadline = req.received_at + opts.request_timeout;
+        req.remote = remote;
+        if (ec) {
+          if (ec == beast::error::timeout || ec == asio::error::operation_aborted ||
+              ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+              ec == asio::error::connection_reset) {
+            break;  // slow, vanished or shut-down client: drop it
+          }
+          req.method = "-";
+          req.route = "unparsed";
+          req.request_id = new_request_id();
+          if (parser.is_header_done()) {
+            const auto& h = parser.get();
+            req.method = std::string(h.method_string());
+            if (auto it = h.find("X-Request-Id");
+                it != h.end() && valid_request_id(it->value())) {
+              req.request_id = std::string(it->value());
+            }
+          }
+          auto res = to_problem_for_parse_error(ec, req.request_id);
+          ++active;
+          co_await write_response(stream, req, res, 11, false);
+          --active;
+          finish(req, res);
+          break;
+        }
+        ++active;
+        auto msg = parser.release();
+        req.method = std::string(msg.method_string());
+        req.target = std::string(msg.target());
+        auto q = req.target.find('?');
+        req.path = req.target.substr(0, q);
+        if (q != std::string::npos) req.query = req.target.substr(q + 1);
+        for (const auto& f : msg) {
+          req.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+        }
+        req.body = std::move(msg.body());
+        auto rid = req.header("X-Request-Id");
+        req.request_id = rid && valid_request_id(*rid) ? std::string(*rid) : new_request_id();
+
+        response res = co_await routes.dispatch(req);
+        const bool keep = msg.keep_alive() && !res.close && !stopping;
+        try {
+          co_await write_response(stream, req, res, msg.version(), keep);
+        } catch (...) {
+          --active;
+          finish(req, res);
+          throw;
+        }
+        --active;
+        finish(req, res);
+        st->busy = false;
+        if (!keep) break;
+      }
+    } catch (const boost::system::system_error& e) {
+      if (e.code() != asio::error::operation_aborted && e.code() != beast::error::timeout) {
+        log::write(log::level::debug, "connection error", {{"error", e.code().message()}});
+      }
+    }
+    st->alive = false;
+    {
+      std::lock_guard lk(mu);
+      sessions.erase(st);
+    }
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream.socket().close(ignored);
+  }
+
+  void close_sessions(bool only_idle) {
+    std::vector<std::shared_ptr<session_state>> snapshot;
+    {
+      std::lock_guard lk(mu);
+      snapshot.assign(sessions.begin(), sessions.end());
+    }
+    for (auto& st : snapshot) {
+      // The stream's executor is the session strand; touch the state only there.
+      auto ex = st->stream->get_executor();
+      asio::post(ex, [st, only_idle] {
+        if (!st->alive || (only_idle && st->busy)) return;
+        boost::system::error_code ignored;
+        st->stream->socket().cancel(ignored);
+        st->stream->socket().shutdown(tcp::socket::shutdown_both, ignored);
+      });
+    }
+  }
+};
+
+server::server(asio::io_context& ioc, server_options opts, const router& routes,
+               completion_hook on_done)
+    : impl_(std::make_shared<impl>(ioc, opts, routes, std::move(on_done))) {}
+
+server::~server() = default;
+
+std::string server::listen(const std::string& host, unsigned short port) {
+  auto address = asio::ip::make_address(host);
+  auto acceptor = std::make_unique<tcp::acceptor>(asio::make_strand(impl_->ioc));
+  tcp::endpoint ep{address, port};
+  acceptor->open(ep.protocol());
+  acceptor->set_option(asio::socket_base::reuse_address(true));
+  acceptor->bind(ep);
+  acceptor->listen(asio::socket_base::max_listen_connections);
+  auto bound = acceptor->local_endpoint();
+  auto& ref = *acceptor;
+  impl_->acceptors.push_back(std::move(acceptor));
+  asio::co_spawn(ref.get_executor(), impl_->accept_loop(ref), asio::detached);
+  std::string h = bound.address().to_string();
+  if (bound.address().is_v6()) h = "[" + h + "]";
+  return h + ":" + std::to_string(bound.port());
+}
+
+void server::begin_shutdown() {
+  impl_->stopping = true;
+  for (auto& a : impl_->acceptors) {
+    asio::post(a->get_executor(), [a = a.get()] {
+      boost::system::error_code ignored;
+      a->close(ignored);
+    });
+  }
+  impl_->close_sessions(true);
+}
+
+void server::close_all() { impl_->close_sessions(false); }
+
+std::size_t server::active_requests() const { return impl_->active; }
+
+std::size_t server::open_connections() const {
+  std::lock_guard lk(impl_->mu);
+  return impl_->sessions.size();
+}
+
+}  // namespace tokend::http

@@ -1,0 +1,83 @@
+#include "observability/metrics.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+namespace tokend::observability {
+
+struct metrics::impl {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  prometheus::Family<prometheus::Counter>& requests =
+      prometheus::BuildCounter()
+          .Name("tokend_http_requests_total")
+          .Help("HTTP requests by method, route template and status")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& duration =
+      prometheus::BuildHistogram()
+          .Name("tokend_http_request_duration_seconds")
+          .Help("HTTP request duration by route template")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& in_use = prometheus::BuildGauge()
+                                                      .Name("tokend_db_pool_in_use")
+                                                      .Help("Leased database connections")
+                                                      .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& waiting =
+      prometheus::BuildGauge()
+          .Name("tokend_db_pool_waiting")
+          .Help("Callers waiting for a database connection")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& size = prometheus::BuildGauge()
+                                                    .Name("tokend_db_pool_size")
+                                                    .Help("Configured pool size")
+                                                    .Register(*registry);
+  prometheus::Family<prometheus::Counter>& statements =
+      prometheus::BuildCounter()
+          .Name("tokend_sql_statements_total")
+          .Help("SQL statements executed by this process, by origin")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
+                                                     .Name("tokend_build_info")
+                                                     .Help("Build information")
+                                                     .Register(*registry);
+};
+
+metrics::metrics() : impl_(std::make_unique<impl>()) {
+  impl_->build.Add({{"version", TOKEND_VERSION}}).Set(1);
+}
+metrics::~metrics() = default;
+
+void metrics::observe_request(std::string_view method, std::string_view route, int status,
+                              double seconds) {
+  static const prometheus::Histogram::BucketBoundaries buckets = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  impl_->requests
+      .Add({{"method", std::string(method)},
+            {"route", std::string(route)},
+            {"status", std::to_string(status)}})
+      .Increment();
+  impl_->duration.Add({{"route", std::string(route)}}, buckets).Observe(seconds);
+}
+
+prometheus::Gauge& metrics::pool_in_use(std::string_view pool) {
+  return impl_->in_use.Add({{"pool", std::string(pool)}});
+}
+prometheus::Gauge& metrics::pool_waiting(std::string_view pool) {
+  return impl_->waiting.Add({{"pool", std::string(pool)}});
+}
+prometheus::Gauge& metrics::pool_size(std::string_view pool) {
+  return impl_->size.Add({{"pool", std::string(pool)}});
+}
+prometheus::Counter& metrics::sql_statements(std::string_view origin) {
+  return impl_->statements.Add({{"origin", std::string(origin)}});
+}
+
+prometheus::Registry& metrics::registry() { return *impl_->registry; }
+
+std::string metrics::serialize() const {
+  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+}
+
+}  // namespace tokend::observability

@@ -1,0 +1,40 @@
+// Prometheus metrics of one process: one registry, typed families, text exposition.
+// Counter/gauge updates are thread-safe (prometheus-cpp uses atomics).
+#pragma once
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+}  // namespace prometheus
+
+namespace tokend::observability {
+
+class metrics {
+ public:
+  metrics();
+  ~metrics();
+  metrics(const metrics&) = delete;
+  metrics& operator=(const metrics&) = delete;
+
+  void observe_request(std::string_view method, std::string_view route, int status,
+                       double seconds);
+  // Per-pool gauges, created on first use.
+  prometheus::Gauge& pool_in_use(std::string_view pool);
+  prometheus::Gauge& pool_waiting(std::string_view pool);
+  prometheus::Gauge& pool_size(std::string_view pool);
+  // SQL statements executed by this process, by origin ("request" or "background").
+  prometheus::Counter& sql_statements(std::string_view origin);
+
+  prometheus::Registry& registry();
+  std::string serialize() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tokend::observability

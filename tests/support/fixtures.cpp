@@ -1,0 +1,142 @@
+#include "fixtures.hpp"
+
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+#include <random>
+#include <sstream>
+
+namespace tokend::test {
+
+const std::string kTestMasterKeyB64 = "dGVzdC1tYXN0ZXIta2V5LTAwMDAwMDAwMDAwMDAwMDA=";
+const std::string kTestAdminToken = "test-admin-token-0123456789abcdef";
+
+namespace {
+
+std::string random_suffix() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  static const char* alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::string s;
+  for (int i = 0; i < 10; ++i) s += alphabet[rng() % 36];
+  return s;
+}
+
+std::string pg_script() { return std::string(TOKEND_SOURCE_DIR) + "/scripts/pg"; }
+
+void run_pg(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"/bin/bash", pg_script()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = run_command(argv);
+  if (r.exit_code != 0) {
+    FAIL("scripts/pg " << args[0] << " failed (" << r.exit_code << "): " << r.output);
+  }
+}
+
+}  // namespace
+
+std::string pg_url(const std::string& socket_dir, const std::string& db) {
+  return "postgresql://postgres@/" + db + "?host=" + socket_dir;
+}
+
+std::string suite_pg_socket_dir() {
+  const char* dir = std::getenv("TOKEND_TEST_PGHOST");
+  if (!dir || !*dir) {
+    FAIL("TOKEND_TEST_PGHOST is not set: run the suite with `scripts/dev test`");
+  }
+  return dir;
+}
+
+pg_cluster::pg_cluster() : dir_(temp_dir("tokend-pgtest")) {
+  run_pg({"init", dir_});
+  start();
+}
+
+pg_cluster::~pg_cluster() {
+  std::vector<std::string> argv = {"/bin/bash", pg_script(), "destroy", dir_};
+  run_command(argv);
+}
+
+void pg_cluster::start() { run_pg({"start", dir_}); }
+void pg_cluster::stop() { run_pg({"stop", dir_}); }
+
+scratch_database::scratch_database(std::string socket_dir)
+    : socket_dir_(socket_dir.empty() ? suite_pg_socket_dir() : std::move(socket_dir)),
+      name_("t_" + random_suffix()),
+      url_(pg_url(socket_dir_, name_)) {
+  pqxx::connection admin(pg_url(socket_dir_, "postgres"));
+  pqxx::nontransaction tx(admin);
+  tx.exec("CREATE DATABASE " + name_);
+}
+
+scratch_database::~scratch_database() {
+  try {
+    pqxx::connection admin(pg_url(socket_dir_, "postgres"));
+    pqxx::nontransaction tx(admin);
+    tx.exec("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+  } catch (const std::exception&) {
+    // The cluster may already be gone (private clusters); nothing to clean then.
+  }
+}
+
+std::string logged_address(const std::string& output, const std::string& msg) {
+  std::istringstream in(output);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || j.value("msg", "") != msg) continue;
+    return j.value("address", "");
+  }
+  return "";
+}
+
+tokend_process::tokend_process(const std::string& database_url,
+                               std::map<std::string, std::string> env,
+                               std::vector<std::string> args)
+    : dir_(temp_dir("tokend-proc")) {
+  std::map<std::string, std::string> full = {
+      {"TOKEND_DATABASE_URL", database_url},
+      {"TOKEND_LISTEN", "127.0.0.1:0"},
+      {"TOKEND_MASTER_KEYS", "test1:" + kTestMasterKeyB64},
+      {"TOKEND_ADMIN_TOKEN", kTestAdminToken},
+      {"TOKEND_THREADS", "2"},
+      {"TOKEND_DB_POOL_SIZE", "4"},
+      {"TOKEND_REFRESH_POOL_SIZE", "4"},
+      {"TOKEND_LOG_FORMAT", "json"},
+      {"TOKEND_ENVIRONMENT", "test"},
+  };
+  for (auto& [k, v] : env) full[k] = v;
+  std::vector<std::string> argv = {TOKEND_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  proc_ = std::make_unique<child_process>(argv, full, dir_ + "/tokend.log");
+  auto out = proc_->wait_for_output("\"msg\":\"listening\"", std::chrono::seconds(30));
+  if (!out) FAIL("tokend did not start listening:\n" << proc_->output());
+  address_ = logged_address(*out, "listening");
+  if (full.count("TOKEND_METRICS_LISTEN")) {
+    auto mout = proc_->wait_for_output("\"msg\":\"metrics listening\"", std::chrono::seconds(10));
+    if (mout) metrics_address_ = logged_address(*mout, "metrics listening");
+  }
+  REQUIRE(!address_.empty());
+}
+
+tokend_process::~tokend_process() {
+  proc_.reset();
+  std::filesystem::remove_all(dir_);
+}
+
+int tokend_process::stop(std::chrono::milliseconds timeout) {
+  proc_->signal(SIGTERM);
+  auto code = proc_->wait(timeout);
+  return code ? *code : -1;
+}
+
+http_reply tokend_process::get(
+    const std::string& target,
+    const std::vector<std::pair<std::string, std::string>>& headers) const {
+  return http_call(address_, "GET", target, "", headers);
+}
+
+}  // namespace tokend::test

@@ -1,0 +1,90 @@
+// Integration fixtures: the suite's shared PostgreSQL cluster (started by `scripts/dev test`),
+// private clusters for tests that stop PostgreSQL, throwaway databases, tokend processes.
+#pragma once
+#include <chrono>
+#include <map>
+#include <memory>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include "http_client.hpp"
+#include "process.hpp"
+
+namespace tokend::test {
+
+// A libpq URI for database `db` on the cluster whose socket directory is `socket_dir`.
+std::string pg_url(const std::string& socket_dir, const std::string& db);
+
+// A private PostgreSQL 15 cluster in a temp directory (scripts/pg), removed on destruction.
+class pg_cluster {
+ public:
+  pg_cluster();
+  ~pg_cluster();
+  void start();
+  void stop();
+  const std::string& socket_dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+};
+
+// A database created for one test and dropped afterwards. Uses the suite's cluster
+// (TOKEND_TEST_PGHOST) unless a private cluster's socket dir is given.
+class scratch_database {
+ public:
+  explicit scratch_database(std::string socket_dir = "");
+  ~scratch_database();
+  const std::string& url() const { return url_; }
+  const std::string& socket_dir() const { return socket_dir_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string socket_dir_, name_, url_;
+};
+
+// Socket directory of the suite's cluster; fails the test when the suite was not started by
+// `scripts/dev test` (which exports TOKEND_TEST_PGHOST).
+std::string suite_pg_socket_dir();
+
+// A test master key ("test1") and admin token, fixed so logs can be searched for them.
+extern const std::string kTestMasterKeyB64;
+extern const std::string kTestAdminToken;
+
+// A running `tokend serve` bound to 127.0.0.1:0.
+class tokend_process {
+ public:
+  tokend_process(const std::string& database_url, std::map<std::string, std::string> env = {},
+                 std::vector<std::string> args = {"serve", "--migrate"});
+  ~tokend_process();
+  const std::string& address() const { return address_; }
+  const std::string& metrics_address() const { return metrics_address_; }
+  child_process& process() { return *proc_; }
+  std::string output() const { return proc_->output(); }
+  // SIGTERM and wait (bounded); returns the exit code or -1.
+  int stop(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+  http_reply get(const std::string& target,
+                 const std::vector<std::pair<std::string, std::string>>& headers = {}) const;
+
+ private:
+  std::string dir_;
+  std::unique_ptr<child_process> proc_;
+  std::string address_, metrics_address_;
+};
+
+// Extracts "address":"host:port" from the log line whose msg is `msg`.
+std::string logged_address(const std::string& output, const std::string& msg);
+
+// Polls `pred` every 20 ms until it is true or `timeout` passes; returns its last value.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (pred()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+}  // namespace tokend::test

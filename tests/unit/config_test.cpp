@@ -1,0 +1,67 @@
+#include <catch2/catch.hpp>
+
+#include "app/config.hpp"
+
+using tokend::app::needs;
+using tokend::app::parse_config;
+
+namespace {
+const std::string kKey = "dGVzdC1tYXN0ZXIta2V5LTAwMDAwMDAwMDAwMDAwMDA=";
+}
+
+TEST_CASE("defaults follow the contract", "[config]") {
+  auto r = parse_config({{"TOKEND_DATABASE_URL", "postgresql:///x"},
+                         {"TOKEND_MASTER_KEYS", "k1:" + kKey}},
+                        needs::serving);
+  REQUIRE(r.cfg);
+  CHECK(r.cfg->listen_host == "127.0.0.1");
+  CHECK(r.cfg->listen_port == 8080);
+  CHECK(r.cfg->public_url == "http://127.0.0.1:8080");
+  CHECK(r.cfg->db_pool_size == 8);
+  CHECK(r.cfg->refresh_pool_size == 16);
+  CHECK(r.cfg->request_timeout.count() == 15);
+  CHECK(r.cfg->force_refresh_min_interval.count() == 10);
+  CHECK(r.cfg->shutdown_grace.count() == 20);
+  CHECK(r.cfg->scheduler);
+  CHECK(r.cfg->environment == "development");
+  CHECK(!r.cfg->instance_id.empty());
+  REQUIRE(r.cfg->master_keys.size() == 1);
+  CHECK(r.cfg->master_keys[0].kid == "k1");
+  CHECK(r.cfg->master_keys[0].key.size() == 32);
+}
+
+TEST_CASE("several master keys keep their order; the first is active", "[config]") {
+  auto r = parse_config({{"TOKEND_DATABASE_URL", "x"},
+                         {"TOKEND_MASTER_KEYS", "new:" + kKey + ",old:" + kKey}},
+                        needs::serving);
+  REQUIRE(r.cfg);
+  REQUIRE(r.cfg->master_keys.size() == 2);
+  CHECK(r.cfg->master_keys[0].kid == "new");
+  auto dup = parse_config({{"TOKEND_DATABASE_URL", "x"},
+                           {"TOKEND_MASTER_KEYS", "a:" + kKey + ",a:" + kKey}},
+                          needs::serving);
+  REQUIRE(dup.error);
+  CHECK(dup.error->variable == "TOKEND_MASTER_KEYS");
+}
+
+TEST_CASE("public url and listen parse", "[config]") {
+  auto r = parse_config({{"TOKEND_LISTEN", "0.0.0.0:9000"},
+                         {"TOKEND_PUBLIC_URL", "https://tokend.example.com/"}},
+                        needs::nothing);
+  REQUIRE(r.cfg);
+  CHECK(r.cfg->listen_port == 9000);
+  CHECK(r.cfg->public_url == "https://tokend.example.com");
+}
+
+TEST_CASE("out of range values name their variable", "[config]") {
+  for (auto [k, v] : std::vector<std::pair<std::string, std::string>>{
+           {"TOKEND_REQUEST_TIMEOUT", "0"},
+           {"TOKEND_REFRESH_POOL_SIZE", "100000"},
+           {"TOKEND_FORCE_REFRESH_MIN_INTERVAL", "-3"},
+           {"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "yes"},
+           {"TOKEND_ADMIN_TOKEN", "short"}}) {
+    auto r = parse_config({{k, v}}, needs::nothing);
+    REQUIRE(r.error);
+    CHECK(r.error->variable == k);
+  }
+}
