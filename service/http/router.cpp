@@ -30,7 +30,7 @@ std::optional<std::string> percent_decode(std::string_view s) {
   auto pct = boost::urls::make_pct_string_view(s);
   if (!pct) return std::nullopt;
   std::string out;
-  for (char c : *pct) out.push_back(c);
+  for (char c : **pct) out.push_back(c);  // *pct is the encoded view; ** decodes
   return out;
 }
 
