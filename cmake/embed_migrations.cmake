@@ -1,5 +1,7 @@
 # Writes a C++ file holding every migration's version, name and SQL text.
-# Inputs: OUT (path of the .cpp to write), FILES (semicolon list of migrations/NNNN_name.sql).
+# Inputs: OUT (path of the .cpp to write), DIR (the migrations folder holding NNNN_name.sql).
+file(GLOB FILES ${DIR}/*.sql)
+list(SORT FILES)
 set(body "// Generated from migrations/*.sql by cmake/embed_migrations.cmake. Do not edit.\n")
 string(APPEND body "#include \"store/migrations.hpp\"\n\nnamespace tokend::store {\n")
 string(APPEND body "const std::vector<migration>& known_migrations() {\n")

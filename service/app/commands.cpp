@@ -9,7 +9,9 @@
 #include "app/config.hpp"
 #include "app/serve.hpp"
 #include "observability/log.hpp"
+#include "crypto/crypto.hpp"
 #include "store/db_pool.hpp"
+#include "store/key_rotation.hpp"
 #include "store/migrations.hpp"
 
 namespace tokend::app {
@@ -20,6 +22,8 @@ constexpr const char* kUsage =
     "commands:\n"
     "  serve [--migrate]   run the API (with --migrate: apply migrations first)\n"
     "  migrate             apply pending migrations and exit\n"
+    "  rotate-keys [--batch=N]  re-seal every secret under the active master key (online,\n"
+    "                      resumable; N rows per transaction, default 100)\n"
     "  version             print the version\n"
     "flags: --listen=HOST:PORT overrides TOKEND_LISTEN\n"
     "configuration is read from TOKEND_* environment variables (see README)\n";
@@ -39,6 +43,38 @@ int run_migrate(const config& c) {
   }
 }
 
+int run_rotate_keys(const config& c, int batch) {
+  std::vector<crypto::key_entry> entries;
+  for (const auto& k : c.master_keys) entries.push_back({k.kid, k.key});
+  const crypto::keyring keys(std::move(entries));
+  try {
+    pqxx::connection conn(store::with_connection_params(c.database_url, "tokend-rotate-keys",
+                                                        std::chrono::seconds(10)));
+    auto p = store::rotate_keys(conn, keys, batch, [](const store::rotation_progress& p) {
+      std::printf("rotate-keys: %lld/%lld rows re-sealed (%.0f rows/s)\n", p.done, p.total,
+                  p.rate_per_s);
+      std::fflush(stdout);
+    });
+    log::write(log::level::info, "key rotation finished",
+               {{"active_key", keys.active_kid()},
+                {"done", p.done},
+                {"total", p.total},
+                {"unreadable", p.unreadable},
+                {"lost_races", p.lost_races}});
+    if (p.unreadable > 0) {
+      std::fprintf(stderr,
+                   "rotate-keys: %lld rows are sealed under a key that is not configured or do "
+                   "not open; configure that key and run again\n",
+                   p.unreadable);
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    log::write(log::level::error, "key rotation failed", {{"error", e.what()}});
+    return 1;
+  }
+}
+
 }  // namespace
 
 int tokend_main(int argc, char** argv) {
@@ -52,17 +88,24 @@ int tokend_main(int argc, char** argv) {
     std::printf("tokend %s\n", TOKEND_VERSION);
     return 0;
   }
-  if (command != "serve" && command != "migrate") {
+  if (command != "serve" && command != "migrate" && command != "rotate-keys") {
     std::fprintf(stderr, "tokend: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   }
 
   auto env = tokend_environment();
   bool migrate_first = false;
+  int batch = 100;
   for (std::size_t i = 1; i < args.size(); ++i) {
     const auto& a = args[i];
     if (a == "--migrate" && command == "serve") {
       migrate_first = true;
+    } else if (a.rfind("--batch=", 0) == 0 && command == "rotate-keys") {
+      batch = std::atoi(a.c_str() + 8);
+      if (batch < 1 || batch > 10000) {
+        std::fprintf(stderr, "tokend: --batch must be 1..10000\n");
+        return 2;
+      }
     } else if (a.rfind("--listen=", 0) == 0) {
       env["TOKEND_LISTEN"] = a.substr(9);
     } else {
@@ -71,7 +114,7 @@ int tokend_main(int argc, char** argv) {
     }
   }
 
-  auto parsed = parse_config(env, command == "serve" ? needs::serving : needs::database);
+  auto parsed = parse_config(env, command == "migrate" ? needs::database : needs::serving);
   if (parsed.error) {
     std::fprintf(stderr, "tokend: invalid configuration: %s\n", parsed.error->line().c_str());
     return 2;
@@ -80,6 +123,7 @@ int tokend_main(int argc, char** argv) {
   log::init(c.log_format, c.log_level, c.instance_id, c.environment);
 
   if (command == "migrate") return run_migrate(c);
+  if (command == "rotate-keys") return run_rotate_keys(c, batch);
   if (migrate_first) {
     if (int rc = run_migrate(c); rc != 0) return rc;
   }

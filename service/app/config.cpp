@@ -1,6 +1,7 @@
 #include "app/config.hpp"
 
-#include <openssl/evp.h>
+#include "crypto/crypto.hpp"
+
 #include <unistd.h>
 
 #include <charconv>
@@ -18,20 +19,6 @@ std::optional<long long> parse_int(const std::string& s) {
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
   return v;
-}
-
-std::optional<std::string> base64_decode(const std::string& in) {
-  if (in.empty() || in.size() % 4 != 0) return std::nullopt;
-  std::string out(in.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  if (n < 0) return std::nullopt;
-  std::size_t pad = 0;
-  if (in.back() == '=') ++pad;
-  if (in.size() > 1 && in[in.size() - 2] == '=') ++pad;
-  out.resize(static_cast<std::size_t>(n) - pad);
-  return out;
 }
 
 bool parse_host_port(const std::string& s, std::string& host, unsigned short& port) {
@@ -128,7 +115,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
         return fail("TOKEND_MASTER_KEYS",
                     "key id '" + kid + "' must be 1-32 characters of A-Z a-z 0-9 . _ -");
       }
-      auto key = base64_decode(item.substr(colon + 1));
+      auto key = crypto::base64_decode(item.substr(colon + 1));
       if (!key || key->size() != 32) {
         return fail("TOKEND_MASTER_KEYS",
                     "key '" + kid + "' must be base64 of exactly 32 bytes");

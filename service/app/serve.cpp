@@ -3,13 +3,18 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "api/auth.hpp"
+#include "api/context.hpp"
+#include "api/handlers.hpp"
 #include "api/ops.hpp"
+#include "crypto/crypto.hpp"
 #include "http/router.hpp"
 #include "http/server.hpp"
 #include "observability/log.hpp"
@@ -55,8 +60,26 @@ int serve(const config& c) {
                             .idle_timeout = c.http_idle_timeout,
                             .request_timeout = c.request_timeout};
 
+  std::vector<crypto::key_entry> key_entries;
+  for (const auto& k : c.master_keys) key_entries.push_back({k.kid, k.key});
+  const crypto::keyring keys(std::move(key_entries));
+  const api::settings api_settings{.admin_token = c.admin_token,
+                                   .public_url = c.public_url,
+                                   .environment = c.environment,
+                                   .instance_id = c.instance_id,
+                                   .allow_insecure_provider_urls = c.allow_insecure_provider_urls,
+                                   .request_timeout = c.request_timeout,
+                                   .force_refresh_min_interval = c.force_refresh_min_interval};
+  api::key_usage usage;
+  const wall_clock clock;
+  api::context ctx{api_settings, db, refresh_db, keys, metrics, usage, clock};
+
   http::router api_routes;
   api::register_ops(api_routes, db, metrics, !c.metrics_host.has_value());
+  api::register_admin(api_routes, ctx);
+  api::register_providers(api_routes, ctx);
+  api::register_connections(api_routes, ctx);
+  api::register_tokens(api_routes, ctx);
   http::server api_server(ioc, opts, api_routes, access_log(metrics));
 
   http::router metrics_routes;
@@ -75,6 +98,21 @@ int serve(const config& c) {
     log::write(log::level::error, "cannot listen", {{"error", e.what()}});
     return 1;
   }
+
+  // Background: API key last-use timestamps, at most once a minute.
+  asio::steady_timer usage_timer(ioc);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        for (;;) {
+          usage_timer.expires_after(std::chrono::seconds(60));
+          boost::system::error_code ec;
+          co_await usage_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+          co_await usage.flush(ctx);
+          if (ec) co_return;  // cancelled at shutdown, after the last flush
+        }
+      },
+      asio::detached);
 
   asio::signal_set signals(ioc, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int sig) {
@@ -97,6 +135,8 @@ int serve(const config& c) {
             log::write(log::level::warn, "grace period over; closing busy connections",
                        {{"active_requests", api_server.active_requests()}});
           }
+          usage_timer.cancel();
+          co_await usage.flush(ctx);
           api_server.close_all();
           if (metrics_server) metrics_server->close_all();
           ioc.stop();

@@ -1,5 +1,8 @@
 #include "http/message.hpp"
 
+#include "core/errors.hpp"
+
+#include <boost/url/decode_view.hpp>
 #include <boost/url/parse_query.hpp>
 #include <stdexcept>
 #include <strings.h>
@@ -15,9 +18,16 @@ std::optional<std::string_view> request::header(std::string_view name) const {
 
 std::optional<std::string> request::query_param(std::string_view name) const {
   auto parsed = boost::urls::parse_query(query);
-  if (!parsed) return std::nullopt;
+  if (!parsed) throw api_error(errc::invalid_request, "the query string is malformed");
   for (auto p : *parsed) {
-    if (p.key == name) return std::string(p.has_value ? p.value : "");
+    std::string key;
+    for (char c : *p.key) key.push_back(c);  // *pct_string_view decodes
+    if (key != name) continue;
+    std::string value;
+    if (p.has_value) {
+      for (char c : *p.value) value.push_back(c);
+    }
+    return value;
   }
   return std::nullopt;
 }

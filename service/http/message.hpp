@@ -28,7 +28,8 @@ struct request {
 
   // Case-insensitive header lookup; the first occurrence wins.
   std::optional<std::string_view> header(std::string_view name) const;
-  // Percent-decoded query parameter; nullopt when absent.
+  // Percent-decoded query parameter; nullopt when absent. A malformed query string throws
+  // api_error invalid_request.
   std::optional<std::string> query_param(std::string_view name) const;
   const std::string& param(std::string_view name) const;
 };

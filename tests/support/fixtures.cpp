@@ -140,3 +140,25 @@ http_reply tokend_process::get(
 }
 
 }  // namespace tokend::test
+
+namespace tokend::test {
+
+http_reply tokend_process::call(const std::string& method, const std::string& target,
+                                const std::string& token, const std::string& body) const {
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (!token.empty()) headers.emplace_back("Authorization", "Bearer " + token);
+  return http_call(address_, method, target, body, headers);
+}
+
+std::string tokend_process::tenant_key(const std::string& tenant,
+                                       const std::vector<std::string>& scopes) const {
+  auto t = call("POST", "/v1/tenants", kTestAdminToken,
+                nlohmann::json{{"id", tenant}, {"name", "Tenant " + tenant}});
+  REQUIRE((t.status == 201 || t.status == 409));
+  auto k = call("POST", "/v1/tenants/" + tenant + "/api-keys", kTestAdminToken,
+                nlohmann::json{{"name", "test key"}, {"scopes", scopes}});
+  REQUIRE(k.status == 201);
+  return k.json()["key"].get<std::string>();
+}
+
+}  // namespace tokend::test

@@ -66,6 +66,17 @@ class tokend_process {
 
   http_reply get(const std::string& target,
                  const std::vector<std::pair<std::string, std::string>>& headers = {}) const;
+  // A request with "Authorization: Bearer <token>" (no header when token is empty).
+  http_reply call(const std::string& method, const std::string& target, const std::string& token,
+                  const std::string& body = "") const;
+  http_reply call(const std::string& method, const std::string& target, const std::string& token,
+                  const nlohmann::json& body) const {
+    return call(method, target, token, body.dump());
+  }
+  // Creates tenant `tenant` (if needed) and an API key with `scopes`; returns the key.
+  std::string tenant_key(const std::string& tenant,
+                         const std::vector<std::string>& scopes = {
+                             "tokens:read", "connections:read", "connections:write"}) const;
 
  private:
   std::string dir_;

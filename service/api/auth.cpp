@@ -1,0 +1,99 @@
+#include "api/auth.hpp"
+
+#include <algorithm>
+#include <pqxx/pqxx>
+
+#include "core/errors.hpp"
+#include "crypto/crypto.hpp"
+#include "observability/log.hpp"
+#include "store/db_pool.hpp"
+#include "store/repository.hpp"
+
+namespace asio = boost::asio;
+
+namespace tokend::api {
+namespace {
+
+api_error unauthorized(std::string detail) {
+  return api_error(errc::unauthorized, std::move(detail));
+}
+
+}  // namespace
+
+std::string new_api_key_secret() { return "tkd_" + crypto::base64url(crypto::random_bytes(32)); }
+
+asio::awaitable<principal> authenticate(context& ctx, const http::request& req) {
+  auto h = req.header("Authorization");
+  if (!h) throw unauthorized("missing bearer token");
+  std::string_view v = *h;
+  if (v.size() < 7 || strncasecmp(v.data(), "Bearer ", 7) != 0) {
+    throw unauthorized("the Authorization header must be 'Bearer <key>'");
+  }
+  std::string token(v.substr(7));
+  token.erase(0, token.find_first_not_of(' '));
+  if (token.empty() || token.size() > 512) throw unauthorized("invalid bearer token");
+
+  if (!ctx.cfg.admin_token.empty() && crypto::equal_ct(token, ctx.cfg.admin_token)) {
+    co_return principal{true, "", "", {}};
+  }
+  const auto hash = crypto::sha256(token);
+  auto key = co_await ctx.db.run(req.deadline, [&](pqxx::connection_base& c) {
+    pqxx::read_transaction tx(c);
+    return store::find_api_key_by_hash(tx, hash);
+  });
+  const auto now = ctx.clock.now();
+  if (!key || !crypto::equal_ct(key->key_hash, hash)) throw unauthorized("invalid bearer token");
+  if (key->revoked_at) throw unauthorized("this API key has been revoked");
+  if (key->expires_at && *key->expires_at <= now) throw unauthorized("this API key has expired");
+  ctx.usage.note(key->tenant_id, key->id, now);
+  co_return principal{false, key->tenant_id, key->id, key->scopes};
+}
+
+void require_admin(const principal& p) {
+  if (!p.admin) throw api_error(errc::forbidden, "this endpoint needs the admin token");
+}
+
+void require_scope(const principal& p, std::string_view scope) {
+  if (p.admin) {
+    throw api_error(errc::forbidden,
+                    "the admin token manages tenants and keys only; use a tenant API key");
+  }
+  if (std::find(p.scopes.begin(), p.scopes.end(), scope) == p.scopes.end()) {
+    throw api_error(errc::forbidden, "this API key lacks the scope " + std::string(scope));
+  }
+}
+
+void key_usage::note(const std::string& tenant, const std::string& key_id, sys_time at) {
+  std::lock_guard lk(mu_);
+  auto& slot = pending_[{tenant, key_id}];
+  slot = std::max(slot, at);
+}
+
+asio::awaitable<void> key_usage::flush(context& ctx) {
+  std::vector<store::key_use> batch;
+  {
+    std::lock_guard lk(mu_);
+    for (auto& [k, at] : pending_) batch.push_back({k.first, k.second, at});
+    pending_.clear();
+  }
+  if (batch.empty()) co_return;
+  try {
+    co_await ctx.db.run(
+        store::clock::now() + std::chrono::seconds(30),
+        [&](pqxx::connection_base& c) {
+          pqxx::work tx(c);
+          store::record_key_uses(tx, batch);
+          tx.commit();
+        },
+        store::origin::background);
+  } catch (const std::exception& e) {
+    log::write(log::level::warn, "could not record API key use", {{"error", e.what()}});
+    std::lock_guard lk(mu_);
+    for (auto& u : batch) {
+      auto& slot = pending_[{u.tenant_id, u.id}];
+      slot = std::max(slot, u.at);
+    }
+  }
+}
+
+}  // namespace tokend::api

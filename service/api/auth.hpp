@@ -1,0 +1,44 @@
+// Bearer authentication and authorization: the admin token, or a tenant API key (stored only as
+// a SHA-256 hash) with scopes. The tenant always comes from the key.
+#pragma once
+#include <boost/asio/awaitable.hpp>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "api/context.hpp"
+#include "http/message.hpp"
+
+namespace tokend::api {
+
+struct principal {
+  bool admin = false;
+  std::string tenant_id;  // empty for the admin
+  std::string key_id;
+  std::vector<std::string> scopes;
+};
+
+// Resolves the Authorization header. Missing, malformed, unknown, revoked or expired -> 401.
+boost::asio::awaitable<principal> authenticate(context& ctx, const http::request& req);
+// 403 unless the admin token was used.
+void require_admin(const principal& p);
+// 403 for the admin token, or for a key without `scope`.
+void require_scope(const principal& p, std::string_view scope);
+
+// Remembers when each key was last used, in memory; flush() writes the batch (background work,
+// at most once a minute, never on the request path). Thread-safe.
+class key_usage {
+ public:
+  void note(const std::string& tenant, const std::string& key_id, sys_time at);
+  boost::asio::awaitable<void> flush(context& ctx);
+
+ private:
+  std::mutex mu_;  // guards pending_
+  std::map<std::pair<std::string, std::string>, sys_time> pending_;
+};
+
+// "tkd_" + base64url(32 random bytes): 256 bits of entropy.
+std::string new_api_key_secret();
+
+}  // namespace tokend::api

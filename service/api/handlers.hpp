@@ -1,0 +1,17 @@
+// Route registration for the REST resources, one function per handler file.
+#pragma once
+
+namespace tokend::http {
+class router;
+}
+
+namespace tokend::api {
+
+struct context;
+
+void register_admin(http::router& r, context& ctx);        // tenants, api-keys (admin.cpp)
+void register_providers(http::router& r, context& ctx);    // providers.cpp
+void register_connections(http::router& r, context& ctx);  // connections.cpp (+ events)
+void register_tokens(http::router& r, context& ctx);       // tokens.cpp
+
+}  // namespace tokend::api

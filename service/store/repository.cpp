@@ -1,0 +1,492 @@
+#include "store/repository.hpp"
+
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+
+#include "store/db_pool.hpp"
+
+namespace tokend::store {
+namespace {
+
+// Timestamps cross the boundary as integer microseconds since the epoch (exact both ways).
+#define TS(col) "(extract(epoch from " col ") * 1000000)::bigint"
+std::string ts_param(int n) {
+  return "('epoch'::timestamptz + $" + std::to_string(n) + "::bigint * interval '1 microsecond')";
+}
+
+template <class... Args>
+pqxx::result exec(tx_t& tx, const std::string& sql, Args&&... args) {
+  count_statement();
+  return tx.exec_params(sql, std::forward<Args>(args)...);
+}
+
+std::optional<long long> opt_us(const std::optional<sys_time>& t) {
+  if (!t) return std::nullopt;
+  return to_micros(*t);
+}
+
+sys_time ts(const pqxx::field& f) { return from_micros(f.as<long long>()); }
+std::optional<sys_time> opt_ts(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return from_micros(f.as<long long>());
+}
+std::optional<std::string> opt_str(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return f.as<std::string>();
+}
+std::optional<std::string> opt_bytes(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return pqxx::binarystring(f).str();
+}
+std::vector<std::string> str_array(const pqxx::field& f) {  // selected as array_to_json(...)
+  return nlohmann::json::parse(f.c_str()).get<std::vector<std::string>>();
+}
+std::string json_array(const std::vector<std::string>& v) { return nlohmann::json(v).dump(); }
+const char* kArrayParam = "ARRAY(SELECT jsonb_array_elements_text($%d::jsonb))";
+std::string array_param(int n) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, kArrayParam, n);
+  return buf;
+}
+// A bytea parameter that may be NULL: pass "" for NULL (ciphertexts are never empty).
+pqxx::binarystring bytes(const std::optional<std::string>& s) {
+  return pqxx::binarystring(s ? *s : std::string());
+}
+
+const std::string kKeyColumns =
+    "tenant_id, id, key_hash, name, array_to_json(scopes)::text, " TS("created_at") ", " TS(
+        "expires_at") ", " TS("last_used_at") ", " TS("revoked_at");
+
+api_key_record to_key(const pqxx::row& r) {
+  api_key_record k;
+  k.tenant_id = r[0].as<std::string>();
+  k.id = r[1].as<std::string>();
+  k.key_hash = pqxx::binarystring(r[2]).str();
+  k.name = r[3].as<std::string>();
+  k.scopes = str_array(r[4]);
+  k.created_at = ts(r[5]);
+  k.expires_at = opt_ts(r[6]);
+  k.last_used_at = opt_ts(r[7]);
+  k.revoked_at = opt_ts(r[8]);
+  return k;
+}
+
+const std::string kProviderColumns =
+    "tenant_id, id, row_id, type, display_name, client_id, client_secret_ct, key_id, "
+    "secret_version, authorize_url, token_url, array_to_json(scopes)::text, "
+    "token_endpoint_auth_method, pkce, redirect_uri, default_expires_in, refresh_token_lifetime, "
+    "refresh_ahead, refresh_scope, canary_url, " TS("cooldown_until") ", " TS(
+        "created_at") ", " TS("updated_at");
+
+provider_record to_provider(const pqxx::row& r) {
+  provider_record p;
+  p.tenant_id = r[0].as<std::string>();
+  p.id = r[1].as<std::string>();
+  p.row_id = r[2].as<long long>();
+  p.type = r[3].as<std::string>();
+  p.display_name = opt_str(r[4]);
+  p.client_id = r[5].as<std::string>();
+  p.client_secret_ct = opt_bytes(r[6]);
+  p.key_id = opt_str(r[7]);
+  p.secret_version = r[8].as<long long>();
+  p.authorize_url = opt_str(r[9]);
+  p.token_url = r[10].as<std::string>();
+  p.scopes = str_array(r[11]);
+  p.auth_method = r[12].as<std::string>();
+  p.pkce = r[13].as<bool>();
+  p.redirect_uri = opt_str(r[14]);
+  p.default_expires_in = r[15].as<long long>();
+  if (!r[16].is_null()) p.refresh_token_lifetime = r[16].as<long long>();
+  p.refresh_ahead = r[17].as<long long>();
+  p.refresh_scope = opt_str(r[18]);
+  p.canary_url = opt_str(r[19]);
+  p.cooldown_until = opt_ts(r[20]);
+  p.created_at = ts(r[21]);
+  p.updated_at = ts(r[22]);
+  return p;
+}
+
+const std::string kConnectionColumns =
+    "tenant_id, id, row_id, provider_id, status, token_version, key_id, access_token_ct, "
+    "refresh_token_ct, access_token_fp, refresh_token_fp, token_type, scope, metadata::text, " TS(
+        "access_expires_at") ", access_lifetime, " TS("refresh_expires_at") ", " TS(
+        "last_refreshed_at") ", last_error::text, reauth_reason, consecutive_failures, " TS("next_attempt_at") ", " TS("last_forced_refresh_at") ", " TS("created_at") ", " TS("updated_at");
+
+connection_record to_connection(const pqxx::row& r) {
+  connection_record c;
+  c.tenant_id = r[0].as<std::string>();
+  c.id = r[1].as<std::string>();
+  c.row_id = r[2].as<long long>();
+  c.provider_id = r[3].as<std::string>();
+  c.status = r[4].as<std::string>();
+  c.token_version = r[5].as<long long>();
+  c.sealed.key_id = r[6].as<std::string>();
+  c.sealed.access_token_ct = pqxx::binarystring(r[7]).str();
+  c.sealed.refresh_token_ct = opt_bytes(r[8]);
+  c.sealed.access_token_fp = r[9].as<std::string>();
+  c.sealed.refresh_token_fp = opt_str(r[10]);
+  c.token_type = r[11].as<std::string>();
+  c.scope = opt_str(r[12]);
+  c.metadata = r[13].as<std::string>();
+  c.access_expires_at = ts(r[14]);
+  c.access_lifetime = r[15].as<long long>();
+  c.refresh_expires_at = opt_ts(r[16]);
+  c.last_refreshed_at = opt_ts(r[17]);
+  c.last_error = opt_str(r[18]);
+  c.reauth_reason = opt_str(r[19]);
+  c.consecutive_failures = r[20].as<int>();
+  c.next_attempt_at = opt_ts(r[21]);
+  c.last_forced_refresh_at = opt_ts(r[22]);
+  c.created_at = ts(r[23]);
+  c.updated_at = ts(r[24]);
+  return c;
+}
+
+const std::string kEventColumns =
+    "id, tenant_id, connection_id, connection_row_id, " TS("at") ", trigger, outcome, attempt, "
+    "http_status, oauth_error, description, token_version_before, token_version_after, "
+    "duration_ms, joined_count, request_id, instance, environment";
+
+event_record to_event(const pqxx::row& r) {
+  event_record e;
+  e.id = r[0].as<long long>();
+  e.tenant_id = r[1].as<std::string>();
+  e.connection_id = r[2].as<std::string>();
+  e.connection_row_id = r[3].as<long long>();
+  e.at = ts(r[4]);
+  e.trigger = r[5].as<std::string>();
+  e.outcome = r[6].as<std::string>();
+  if (!r[7].is_null()) e.attempt = r[7].as<int>();
+  if (!r[8].is_null()) e.http_status = r[8].as<int>();
+  e.oauth_error = opt_str(r[9]);
+  e.description = opt_str(r[10]);
+  if (!r[11].is_null()) e.token_version_before = r[11].as<long long>();
+  if (!r[12].is_null()) e.token_version_after = r[12].as<long long>();
+  if (!r[13].is_null()) e.duration_ms = r[13].as<int>();
+  e.joined_count = r[14].as<int>();
+  e.request_id = opt_str(r[15]);
+  e.instance = opt_str(r[16]);
+  e.environment = opt_str(r[17]);
+  return e;
+}
+
+std::string in_skip_list(int n) { return "row_id <> ALL($" + std::to_string(n) + "::bigint[])"; }
+std::string pg_bigint_array(const std::vector<long long>& v) {
+  std::string s = "{";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "}";
+}
+
+}  // namespace
+
+std::optional<tenant_record> insert_tenant(tx_t& tx, const std::string& id,
+                                           const std::string& name) {
+  auto r = exec(tx,
+                "INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING "
+                "RETURNING id, name, " TS("created_at"),
+                id, name);
+  if (r.empty()) return std::nullopt;
+  return tenant_record{r[0][0].as<std::string>(), r[0][1].as<std::string>(), ts(r[0][2])};
+}
+
+bool tenant_exists(tx_t& tx, const std::string& id) {
+  return !exec(tx, "SELECT 1 FROM tenants WHERE id = $1", id).empty();
+}
+
+api_key_record insert_api_key(tx_t& tx, const api_key_record& k) {
+  auto r = exec(tx,
+                "INSERT INTO api_keys (tenant_id, id, key_hash, name, scopes, expires_at) "
+                "VALUES ($1, $2, $3, $4, " +
+                    array_param(5) + ", " + ts_param(6) + ") RETURNING " + kKeyColumns,
+                k.tenant_id, k.id, pqxx::binarystring(k.key_hash), k.name, json_array(k.scopes),
+                opt_us(k.expires_at));
+  return to_key(r[0]);
+}
+
+std::vector<api_key_record> list_api_keys(tx_t& tx, const std::string& tenant) {
+  std::vector<api_key_record> out;
+  for (const auto& row : exec(tx,
+                              "SELECT " + kKeyColumns +
+                                  " FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+                              tenant)) {
+    out.push_back(to_key(row));
+  }
+  return out;
+}
+
+bool revoke_api_key(tx_t& tx, const std::string& tenant, const std::string& id) {
+  return !exec(tx,
+               "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
+               "WHERE tenant_id = $1 AND id = $2 RETURNING 1",
+               tenant, id)
+              .empty();
+}
+
+std::optional<api_key_record> find_api_key_by_hash(tx_t& tx, const std::string& key_hash) {
+  auto r = exec(tx, "SELECT " + kKeyColumns + " FROM api_keys WHERE key_hash = $1",
+                pqxx::binarystring(key_hash));
+  if (r.empty()) return std::nullopt;
+  return to_key(r[0]);
+}
+
+void record_key_uses(tx_t& tx, const std::vector<key_use>& uses) {
+  for (const auto& u : uses) {
+    exec(tx,
+         "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, " + ts_param(3) +
+             "), " + ts_param(3) + ") WHERE tenant_id = $1 AND id = $2",
+         u.tenant_id, u.id, to_micros(u.at));
+  }
+}
+
+std::optional<provider_record> get_provider(tx_t& tx, const std::string& tenant,
+                                            const std::string& id, bool for_update) {
+  auto r = exec(tx,
+                "SELECT " + kProviderColumns + " FROM providers WHERE tenant_id = $1 AND id = $2" +
+                    (for_update ? " FOR UPDATE" : ""),
+                tenant, id);
+  if (r.empty()) return std::nullopt;
+  return to_provider(r[0]);
+}
+
+std::vector<provider_record> list_providers(tx_t& tx, const std::string& tenant) {
+  std::vector<provider_record> out;
+  for (const auto& row :
+       exec(tx, "SELECT " + kProviderColumns + " FROM providers WHERE tenant_id = $1 ORDER BY id",
+            tenant)) {
+    out.push_back(to_provider(row));
+  }
+  return out;
+}
+
+long long next_provider_row_id(tx_t& tx) {
+  return exec(tx, "SELECT nextval(pg_get_serial_sequence('providers', 'row_id'))")[0][0]
+      .as<long long>();
+}
+
+provider_record upsert_provider(tx_t& tx, const provider_record& p) {
+  auto r = exec(
+      tx,
+      "INSERT INTO providers (tenant_id, id, row_id, type, display_name, client_id, "
+      "client_secret_ct, key_id, secret_version, authorize_url, token_url, scopes, "
+      "token_endpoint_auth_method, pkce, redirect_uri, default_expires_in, refresh_token_lifetime, "
+      "refresh_ahead, refresh_scope, canary_url) VALUES ($1, $2, $3, $4, $5, $6, "
+      "NULLIF($7, ''::bytea), $8, $9, $10, $11, " +
+          array_param(12) +
+          ", $13, $14, $15, $16, $17, $18, $19, $20) "
+          "ON CONFLICT (tenant_id, id) DO UPDATE SET type = EXCLUDED.type, "
+          "display_name = EXCLUDED.display_name, client_id = EXCLUDED.client_id, "
+          "client_secret_ct = EXCLUDED.client_secret_ct, key_id = EXCLUDED.key_id, "
+          "secret_version = EXCLUDED.secret_version, authorize_url = EXCLUDED.authorize_url, "
+          "token_url = EXCLUDED.token_url, scopes = EXCLUDED.scopes, "
+          "token_endpoint_auth_method = EXCLUDED.token_endpoint_auth_method, pkce = EXCLUDED.pkce, "
+          "redirect_uri = EXCLUDED.redirect_uri, default_expires_in = EXCLUDED.default_expires_in, "
+          "refresh_token_lifetime = EXCLUDED.refresh_token_lifetime, "
+          "refresh_ahead = EXCLUDED.refresh_ahead, refresh_scope = EXCLUDED.refresh_scope, "
+          "canary_url = EXCLUDED.canary_url, cooldown_until = NULL, updated_at = now() "
+          "RETURNING " +
+          kProviderColumns,
+      p.tenant_id, p.id, p.row_id, p.type, p.display_name, p.client_id, bytes(p.client_secret_ct),
+      p.key_id, p.secret_version, p.authorize_url, p.token_url, json_array(p.scopes),
+      p.auth_method, p.pkce, p.redirect_uri, p.default_expires_in, p.refresh_token_lifetime,
+      p.refresh_ahead, p.refresh_scope, p.canary_url);
+  return to_provider(r[0]);
+}
+
+void set_provider_cooldown(tx_t& tx, const std::string& tenant, const std::string& id,
+                           sys_time until) {
+  exec(tx,
+       "UPDATE providers SET cooldown_until = " + ts_param(3) +
+           " WHERE tenant_id = $1 AND id = $2",
+       tenant, id, to_micros(until));
+}
+
+std::optional<connection_record> get_connection(tx_t& tx, const std::string& tenant,
+                                                const std::string& id, bool for_update) {
+  auto r = exec(tx,
+                "SELECT " + kConnectionColumns +
+                    " FROM connections WHERE tenant_id = $1 AND id = $2" +
+                    (for_update ? " FOR UPDATE" : ""),
+                tenant, id);
+  if (r.empty()) return std::nullopt;
+  return to_connection(r[0]);
+}
+
+std::vector<connection_record> list_connections(tx_t& tx, const std::string& tenant,
+                                                const connection_filter& f) {
+  std::vector<connection_record> out;
+  for (const auto& row :
+       exec(tx,
+            "SELECT " + kConnectionColumns +
+                " FROM connections WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) "
+                "AND ($3::text IS NULL OR provider_id = $3) AND ($4::text IS NULL OR id > $4) "
+                "ORDER BY id LIMIT $5",
+            tenant, f.status, f.provider, f.after_id, f.limit)) {
+    out.push_back(to_connection(row));
+  }
+  return out;
+}
+
+long long next_connection_row_id(tx_t& tx) {
+  return exec(tx, "SELECT nextval(pg_get_serial_sequence('connections', 'row_id'))")[0][0]
+      .as<long long>();
+}
+
+connection_record insert_connection(tx_t& tx, const connection_record& c) {
+  auto r = exec(
+      tx,
+      "INSERT INTO connections (tenant_id, id, row_id, provider_id, status, token_version, key_id, "
+      "access_token_ct, refresh_token_ct, access_token_fp, refresh_token_fp, token_type, scope, "
+      "metadata, access_expires_at, access_lifetime, refresh_expires_at) VALUES ($1, $2, $3, $4, "
+      "'active', $5, $6, $7, NULLIF($8, ''::bytea), $9, $10, $11, $12, $13::jsonb, " +
+          ts_param(14) + ", $15, " + ts_param(16) + ") RETURNING " + kConnectionColumns,
+      c.tenant_id, c.id, c.row_id, c.provider_id, c.token_version, c.sealed.key_id,
+      pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
+      c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope, c.metadata,
+      to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at));
+  return to_connection(r[0]);
+}
+
+std::optional<connection_record> replace_connection(tx_t& tx, const connection_record& c,
+                                                    long long expected_version) {
+  auto r = exec(
+      tx,
+      "UPDATE connections SET provider_id = $3, status = 'active', token_version = $4, "
+      "key_id = $5, access_token_ct = $6, refresh_token_ct = NULLIF($7, ''::bytea), "
+      "access_token_fp = $8, refresh_token_fp = $9, token_type = $10, scope = $11, "
+      "metadata = $12::jsonb, access_expires_at = " +
+          ts_param(13) + ", access_lifetime = $14, refresh_expires_at = " + ts_param(15) +
+          ", last_error = NULL, reauth_reason = NULL, consecutive_failures = 0, "
+          "next_attempt_at = NULL, updated_at = now() "
+          "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
+          kConnectionColumns,
+      c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
+      pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
+      c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope, c.metadata,
+      to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at),
+      expected_version);
+  if (r.empty()) return std::nullopt;
+  return to_connection(r[0]);
+}
+
+bool delete_connection(tx_t& tx, const std::string& tenant, const std::string& id) {
+  return !exec(tx, "DELETE FROM connections WHERE tenant_id = $1 AND id = $2 RETURNING 1", tenant,
+               id)
+              .empty();
+}
+
+std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string& tenant,
+                                                     const std::string& id,
+                                                     long long expected_version,
+                                                     const token_write& w) {
+  auto r = exec(tx,
+                "UPDATE connections SET token_version = token_version + 1, key_id = $4, "
+                "access_token_ct = $5, refresh_token_ct = NULLIF($6, ''::bytea), "
+                "access_token_fp = $7, refresh_token_fp = $8, token_type = $9, scope = $10, "
+                "access_expires_at = " +
+                    ts_param(11) + ", access_lifetime = $12, refresh_expires_at = " +
+                    ts_param(13) + ", last_refreshed_at = " + ts_param(14) +
+                    ", consecutive_failures = 0, next_attempt_at = NULL, last_error = NULL, "
+                    "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND token_version = $3 "
+                    "RETURNING " +
+                    kConnectionColumns,
+                tenant, id, expected_version, w.sealed.key_id,
+                pqxx::binarystring(w.sealed.access_token_ct), bytes(w.sealed.refresh_token_ct),
+                w.sealed.access_token_fp, w.sealed.refresh_token_fp, w.token_type, w.scope,
+                to_micros(w.access_expires_at), w.access_lifetime, opt_us(w.refresh_expires_at),
+                to_micros(w.refreshed_at));
+  if (r.empty()) return std::nullopt;
+  return to_connection(r[0]);
+}
+
+bool cas_reseal_connection(tx_t& tx, const connection_record& c, const sealed_tokens& s) {
+  return !exec(tx,
+               "UPDATE connections SET key_id = $5, access_token_ct = $6, "
+               "refresh_token_ct = NULLIF($7, ''::bytea) WHERE tenant_id = $1 AND id = $2 "
+               "AND token_version = $3 AND key_id = $4 RETURNING 1",
+               c.tenant_id, c.id, c.token_version, c.sealed.key_id, s.key_id,
+               pqxx::binarystring(s.access_token_ct), bytes(s.refresh_token_ct))
+              .empty();
+}
+
+bool cas_reseal_provider(tx_t& tx, const provider_record& p, const std::string& new_kid,
+                         const std::string& new_ct) {
+  return !exec(tx,
+               "UPDATE providers SET key_id = $5, client_secret_ct = $6 WHERE tenant_id = $1 "
+               "AND id = $2 AND secret_version = $3 AND key_id = $4 RETURNING 1",
+               p.tenant_id, p.id, p.secret_version, p.key_id, new_kid,
+               pqxx::binarystring(new_ct))
+              .empty();
+}
+
+std::vector<connection_record> lock_connections_to_rotate(tx_t& tx, const std::string& active_kid,
+                                                          const std::vector<long long>& skip,
+                                                          int limit) {
+  std::vector<connection_record> out;
+  for (const auto& row : exec(tx,
+                              "SELECT " + kConnectionColumns +
+                                  " FROM connections WHERE key_id <> $1 AND " + in_skip_list(2) +
+                                  " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                              active_kid, pg_bigint_array(skip), limit)) {
+    out.push_back(to_connection(row));
+  }
+  return out;
+}
+
+std::vector<provider_record> lock_providers_to_rotate(tx_t& tx, const std::string& active_kid,
+                                                      const std::vector<long long>& skip,
+                                                      int limit) {
+  std::vector<provider_record> out;
+  for (const auto& row : exec(tx,
+                              "SELECT " + kProviderColumns +
+                                  " FROM providers WHERE key_id <> $1 AND " + in_skip_list(2) +
+                                  " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                              active_kid, pg_bigint_array(skip), limit)) {
+    out.push_back(to_provider(row));
+  }
+  return out;
+}
+
+long long count_connections_to_rotate(tx_t& tx, const std::string& active_kid,
+                                      const std::vector<long long>& skip) {
+  return exec(tx, "SELECT count(*) FROM connections WHERE key_id <> $1 AND " + in_skip_list(2),
+              active_kid, pg_bigint_array(skip))[0][0]
+      .as<long long>();
+}
+
+rotation_counts count_not_under(tx_t& tx, const std::string& active_kid) {
+  auto r = exec(tx,
+                "SELECT (SELECT count(*) FROM connections WHERE key_id <> $1), "
+                "(SELECT count(*) FROM providers WHERE key_id <> $1)",
+                active_kid);
+  return {r[0][0].as<long long>(), r[0][1].as<long long>()};
+}
+
+event_record append_event(tx_t& tx, const event_record& e) {
+  auto r = exec(tx,
+                "INSERT INTO connection_events (tenant_id, connection_id, connection_row_id, "
+                "trigger, outcome, attempt, http_status, oauth_error, description, "
+                "token_version_before, token_version_after, duration_ms, joined_count, "
+                "request_id, instance, environment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+                "$10, $11, $12, $13, $14, $15, $16) RETURNING " +
+                    kEventColumns,
+                e.tenant_id, e.connection_id, e.connection_row_id, e.trigger, e.outcome,
+                e.attempt, e.http_status, e.oauth_error, e.description, e.token_version_before,
+                e.token_version_after, e.duration_ms, e.joined_count, e.request_id, e.instance,
+                e.environment);
+  return to_event(r[0]);
+}
+
+std::vector<event_record> list_events(tx_t& tx, const std::string& tenant, long long row_id,
+                                      int limit) {
+  std::vector<event_record> out;
+  for (const auto& row : exec(tx,
+                              "SELECT " + kEventColumns +
+                                  " FROM connection_events WHERE tenant_id = $1 AND "
+                                  "connection_row_id = $2 ORDER BY id DESC LIMIT $3",
+                              tenant, row_id, limit)) {
+    out.push_back(to_event(row));
+  }
+  return out;
+}
+
+}  // namespace tokend::store

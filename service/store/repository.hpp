@@ -1,0 +1,104 @@
+// All of tokend's SQL. Blocking functions taking an open transaction; run them on a DB thread
+// (db_pool::run / lease::run). Every query is scoped by tenant. Failures throw pqxx exceptions;
+// "not found" and "lost the compare-and-swap" are return values.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/model.hpp"
+
+namespace pqxx {
+class transaction_base;
+}
+
+namespace tokend::store {
+
+using tx_t = pqxx::transaction_base;
+
+// Tenants.
+std::optional<tenant_record> insert_tenant(tx_t& tx, const std::string& id,
+                                           const std::string& name);  // nullopt: exists
+bool tenant_exists(tx_t& tx, const std::string& id);
+
+// API keys.
+api_key_record insert_api_key(tx_t& tx, const api_key_record& k);
+std::vector<api_key_record> list_api_keys(tx_t& tx, const std::string& tenant);
+// Sets revoked_at (kept when already revoked); false when the key does not exist.
+bool revoke_api_key(tx_t& tx, const std::string& tenant, const std::string& id);
+std::optional<api_key_record> find_api_key_by_hash(tx_t& tx, const std::string& key_hash);
+struct key_use {
+  std::string tenant_id, id;
+  sys_time at;
+};
+void record_key_uses(tx_t& tx, const std::vector<key_use>& uses);
+
+// Providers.
+std::optional<provider_record> get_provider(tx_t& tx, const std::string& tenant,
+                                            const std::string& id, bool for_update = false);
+std::vector<provider_record> list_providers(tx_t& tx, const std::string& tenant);
+long long next_provider_row_id(tx_t& tx);
+// Inserts or replaces (by tenant, id) with all fields of `p`; returns the stored record.
+provider_record upsert_provider(tx_t& tx, const provider_record& p);
+void set_provider_cooldown(tx_t& tx, const std::string& tenant, const std::string& id,
+                           sys_time until);
+
+// Connections.
+std::optional<connection_record> get_connection(tx_t& tx, const std::string& tenant,
+                                                const std::string& id, bool for_update = false);
+struct connection_filter {
+  std::optional<std::string> status, provider, after_id;
+  int limit = 100;
+};
+std::vector<connection_record> list_connections(tx_t& tx, const std::string& tenant,
+                                                const connection_filter& f);
+long long next_connection_row_id(tx_t& tx);
+// Inserts a new connection (status active, version 1) exactly as given.
+connection_record insert_connection(tx_t& tx, const connection_record& c);
+// Replaces an imported connection's token set and metadata: version := c.token_version, status
+// active, circuit closed, errors cleared. Only when the stored version is `expected_version`.
+std::optional<connection_record> replace_connection(tx_t& tx, const connection_record& c,
+                                                    long long expected_version);
+bool delete_connection(tx_t& tx, const std::string& tenant, const std::string& id);
+
+// The refresh engine's write: stores a new sealed token set at expected_version + 1 only if
+// the stored version still equals expected_version (compare-and-swap). Returns the new record,
+// or nullopt when another writer got there first.
+struct token_write {
+  sealed_tokens sealed;
+  std::string token_type;
+  std::optional<std::string> scope;
+  sys_time access_expires_at;
+  long long access_lifetime;
+  std::optional<sys_time> refresh_expires_at;
+  sys_time refreshed_at;
+};
+std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string& tenant,
+                                                     const std::string& id,
+                                                     long long expected_version,
+                                                     const token_write& w);
+
+// Key rotation: re-seal without bumping the version, only while (version, key id) is unchanged.
+bool cas_reseal_connection(tx_t& tx, const connection_record& c, const sealed_tokens& s);
+bool cas_reseal_provider(tx_t& tx, const provider_record& p, const std::string& new_kid,
+                         const std::string& new_ct);
+// Rows not sealed under `active_kid`, locked FOR UPDATE SKIP LOCKED, excluding `skip` row ids.
+std::vector<connection_record> lock_connections_to_rotate(tx_t& tx, const std::string& active_kid,
+                                                          const std::vector<long long>& skip,
+                                                          int limit);
+std::vector<provider_record> lock_providers_to_rotate(tx_t& tx, const std::string& active_kid,
+                                                      const std::vector<long long>& skip,
+                                                      int limit);
+long long count_connections_to_rotate(tx_t& tx, const std::string& active_kid,
+                                      const std::vector<long long>& skip);
+struct rotation_counts {
+  long long connections = 0, providers = 0;
+};
+rotation_counts count_not_under(tx_t& tx, const std::string& active_kid);
+
+// Events.
+event_record append_event(tx_t& tx, const event_record& e);
+std::vector<event_record> list_events(tx_t& tx, const std::string& tenant, long long row_id,
+                                      int limit);
+
+}  // namespace tokend::store
