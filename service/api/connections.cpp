@@ -48,6 +48,9 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
   if (expires_at_s) {
     expires_at = parse_rfc3339(*expires_at_s);
     if (!expires_at) bad_request("expires_at must be an RFC 3339 timestamp", "/expires_at");
+    if (*expires_at > ctx.clock.now() + std::chrono::seconds(10LL * 31536000)) {
+      bad_request("expires_at must be within ten years", "/expires_at");
+    }
   }
   const auto now = ctx.clock.now();
 

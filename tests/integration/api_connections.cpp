@@ -15,7 +15,11 @@ void check_invalid(const http_reply& r, const std::string& field) {
   INFO(r.body);
   CHECK(r.status == 400);
   CHECK(r.json()["code"] == "invalid_request");
-  CHECK(r.json()["field"] == field);
+  if (field.empty()) {
+    CHECK(!r.json().contains("field"));
+  } else {
+    CHECK(r.json()["field"] == field);
+  }
 }
 
 std::string setup(const tokend_process& t) {
@@ -66,11 +70,11 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   CHECK(tok.header("cache-control") == "no-store");
 
   r = t.call("PUT", "/v1/connections/cust-1", key,
-             json{{"provider", "idp"}, {"access_token", "AT-two"}, {"expires_at", "2099-01-01T00:00:00Z"},
+             json{{"provider", "idp"}, {"access_token", "AT-two"}, {"expires_at", "2030-01-01T00:00:00Z"},
                   {"if_token_version", 1}});
   REQUIRE(r.status == 200);
   CHECK(r.json()["token_version"] == 2);
-  CHECK(r.json()["access_expires_at"] == "2099-01-01T00:00:00Z");
+  CHECK(r.json()["access_expires_at"] == "2030-01-01T00:00:00Z");
   CHECK(r.json()["refresh_token_fingerprint"].is_null());
   CHECK(r.json()["metadata"] == json{{"customer", 42}});  // kept when omitted
 
@@ -125,8 +129,9 @@ TEST_CASE("connections: list with filters and an opaque cursor", "[api_connectio
   for (int page = 0; page < 5; ++page) {
     auto r = t.call("GET", target, key);
     REQUIRE(r.status == 200);
-    for (auto& item : r.json()["items"]) seen.push_back(item["id"]);
-    auto next = r.json()["next_cursor"];
+    const auto body = r.json();
+    for (const auto& item : body["items"]) seen.push_back(item["id"]);
+    const auto next = body["next_cursor"];
     if (next.is_null()) break;
     target = "/v1/connections?limit=3&cursor=" + next.get<std::string>();
   }
@@ -164,13 +169,14 @@ TEST_CASE("connections: bad input is 400 naming the field and writes nothing", "
   check_invalid(with("expires_in", -5), "/expires_in");
   check_invalid(with("expires_in", 1.5), "/expires_in");
   check_invalid(with("expires_at", "yesterday"), "/expires_at");
+  check_invalid(with("expires_at", "2199-01-01T00:00:00Z"), "/expires_at");
   check_invalid(with("metadata", "str"), "/metadata");
   check_invalid(with("metadata", json{{"big", std::string(17 * 1024, 'x')}}), "/metadata");
   check_invalid(with("if_token_version", 0), "/if_token_version");
   check_invalid(with("unexpected", 1), "/unexpected");
   json both = ok;
   both["expires_in"] = 10;
-  both["expires_at"] = "2099-01-01T00:00:00Z";
+  both["expires_at"] = "2030-01-01T00:00:00Z";
   check_invalid(t.call("PUT", "/v1/connections/c1", key, both), "/expires_at");
   json missing = ok;
   missing.erase("access_token");

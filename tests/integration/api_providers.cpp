@@ -98,6 +98,7 @@ TEST_CASE("providers: bad input is 400 naming the field, nothing written", "[api
   check_invalid(t.call("PUT", "/v1/providers/p1", key, no_url), "/token_url");
   json no_secret = ok;
   no_secret.erase("client_secret");
+  no_secret["token_endpoint_auth_method"] = "client_secret_post";
   check_invalid(t.call("PUT", "/v1/providers/p1", key, no_secret), "/client_secret");
   check_invalid(t.call("PUT", "/v1/providers/.bad", key, ok), "provider");
   check_invalid(t.call("PUT", "/v1/providers/airtable", key,
