@@ -16,6 +16,10 @@ namespace tokend::observability {
 class metrics;
 }
 
+namespace tokend::refresh {
+class engine;
+}
+
 namespace tokend::api {
 
 class key_usage;
@@ -38,6 +42,7 @@ struct context {
   observability::metrics& metrics;
   key_usage& usage;
   const wall_clock& clock;
+  refresh::engine& engine;
 };
 
 }  // namespace tokend::api

@@ -15,6 +15,8 @@
 #include "api/handlers.hpp"
 #include "api/ops.hpp"
 #include "crypto/crypto.hpp"
+#include "oauth/http_client.hpp"
+#include "refresh/engine.hpp"
 #include "http/router.hpp"
 #include "http/server.hpp"
 #include "observability/log.hpp"
@@ -72,7 +74,14 @@ int serve(const config& c) {
                                    .force_refresh_min_interval = c.force_refresh_min_interval};
   api::key_usage usage;
   const wall_clock clock;
-  api::context ctx{api_settings, db, refresh_db, keys, metrics, usage, clock};
+  oauth::http_client outbound({.allow_insecure = c.allow_insecure_provider_urls});
+  refresh::engine engine(ioc.get_executor(),
+                         {.instance_id = c.instance_id,
+                          .environment = c.environment,
+                          .request_timeout = c.request_timeout,
+                          .force_refresh_min_interval = c.force_refresh_min_interval},
+                         db, refresh_db, keys, outbound, metrics, clock);
+  api::context ctx{api_settings, db, refresh_db, keys, metrics, usage, clock, engine};
 
   http::router api_routes;
   api::register_ops(api_routes, db, metrics, !c.metrics_host.has_value());
@@ -126,7 +135,8 @@ int serve(const config& c) {
         [&]() -> asio::awaitable<void> {
           const auto deadline = std::chrono::steady_clock::now() + c.shutdown_grace;
           asio::steady_timer t(ioc);
-          while (api_server.active_requests() > 0 &&
+          // Requests in flight finish; refreshes in flight run to their commit.
+          while ((api_server.active_requests() > 0 || engine.in_flight() > 0) &&
                  std::chrono::steady_clock::now() < deadline) {
             t.expires_after(std::chrono::milliseconds(20));
             co_await t.async_wait(asio::use_awaitable);

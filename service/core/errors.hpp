@@ -51,6 +51,7 @@ class api_error : public std::runtime_error {
   const std::string& detail() const noexcept { return detail_; }
   const std::optional<std::string>& field() const noexcept { return field_; }
   std::optional<int> retry_after;  // seconds, for 429/503
+  std::string extra_json;          // a JSON object whose members are added to the problem body
 
  private:
   errc code_;

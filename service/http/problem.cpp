@@ -26,6 +26,16 @@ response make_problem(errc code, std::string_view detail, std::string_view reque
 response make_problem(const api_error& e, std::string_view request_id) {
   auto r = make_problem(e.code(), e.detail(), request_id, e.field());
   if (e.retry_after) r.set_header("Retry-After", std::to_string(*e.retry_after));
+  if (!e.extra_json.empty()) {
+    auto body = nlohmann::json::parse(r.body);
+    auto extra = nlohmann::json::parse(e.extra_json, nullptr, false);
+    if (extra.is_object()) {
+      for (auto it = extra.begin(); it != extra.end(); ++it) {
+        if (!body.contains(it.key())) body[it.key()] = it.value();
+      }
+    }
+    r.body = body.dump();
+  }
   return r;
 }
 

@@ -38,6 +38,31 @@ struct metrics::impl {
           .Name("tokend_sql_statements_total")
           .Help("SQL statements executed by this process, by origin")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& refreshes =
+      prometheus::BuildCounter()
+          .Name("tokend_refresh_total")
+          .Help("Refresh flights and provider calls by trigger and outcome")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& provider_latency =
+      prometheus::BuildHistogram()
+          .Name("tokend_provider_call_duration_seconds")
+          .Help("Duration of token-endpoint calls")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& joined =
+      prometheus::BuildCounter()
+          .Name("tokend_refresh_joined_total")
+          .Help("Callers that waited for a refresh already in flight")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& reauth =
+      prometheus::BuildCounter()
+          .Name("tokend_reauth_required_total")
+          .Help("Connections marked needs_reauth, by reason")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& in_flight =
+      prometheus::BuildGauge()
+          .Name("tokend_refresh_in_flight")
+          .Help("Refreshes in flight in this process")
+          .Register(*registry);
   prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
                                                      .Name("tokend_build_info")
                                                      .Help("Build information")
@@ -73,6 +98,25 @@ prometheus::Gauge& metrics::pool_size(std::string_view pool) {
 prometheus::Counter& metrics::sql_statements(std::string_view origin) {
   return impl_->statements.Add({{"origin", std::string(origin)}});
 }
+
+void metrics::refresh_outcome(std::string_view trigger, std::string_view outcome) {
+  impl_->refreshes.Add({{"trigger", std::string(trigger)}, {"outcome", std::string(outcome)}})
+      .Increment();
+}
+
+void metrics::provider_call(double seconds) {
+  static const prometheus::Histogram::BucketBoundaries buckets = {
+      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  impl_->provider_latency.Add({{"endpoint", "token"}}, buckets).Observe(seconds);
+}
+
+void metrics::refresh_joined() { impl_->joined.Add({}).Increment(); }
+
+void metrics::reauth_required(std::string_view reason) {
+  impl_->reauth.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+prometheus::Gauge& metrics::refresh_in_flight() { return impl_->in_flight.Add({}); }
 
 prometheus::Registry& metrics::registry() { return *impl_->registry; }
 

@@ -29,6 +29,13 @@ class metrics {
   // SQL statements executed by this process, by origin ("request" or "background").
   prometheus::Counter& sql_statements(std::string_view origin);
 
+  // Refresh engine signals.
+  void refresh_outcome(std::string_view trigger, std::string_view outcome);
+  void provider_call(double seconds);
+  void refresh_joined();
+  void reauth_required(std::string_view reason);
+  prometheus::Gauge& refresh_in_flight();
+
   prometheus::Registry& registry();
   std::string serialize() const;
 

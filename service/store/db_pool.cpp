@@ -4,17 +4,12 @@
 #include <prometheus/gauge.h>
 
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/redirect_error.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <deque>
-#include <mutex>
 #include <pqxx/pqxx>
 #include <vector>
 
+#include "async/semaphore.hpp"
 #include "core/errors.hpp"
 #include "observability/log.hpp"
 #include "observability/metrics.hpp"
@@ -63,24 +58,15 @@ void count_statement() {
 }
 
 struct db_pool::impl {
-  struct waiter {
-    explicit waiter(asio::any_io_executor ex) : timer(ex) {}
-    asio::steady_timer timer;
-    bool granted = false;  // guarded by impl::mu
-    std::size_t slot = 0;  // valid when granted
-  };
   struct slot_state {
-    std::unique_ptr<pqxx::connection> conn;  // owned by whoever holds the slot's lease
+    std::unique_ptr<pqxx::connection> conn;  // touched only by the holder of the slot's lease
   };
 
-  explicit impl(std::size_t n) : threads(n), slots(n) {}
+  explicit impl(std::size_t n) : threads(n), slots(n), units(n) {}
 
   asio::thread_pool threads;
   std::vector<slot_state> slots;
-
-  mutable std::mutex mu;  // guards free_slots and waiters
-  std::vector<std::size_t> free_slots;
-  std::deque<std::shared_ptr<waiter>> waiters;
+  async::semaphore units;  // one unit per slot
 
   prometheus::Gauge* in_use_gauge = nullptr;
   prometheus::Gauge* waiting_gauge = nullptr;
@@ -90,7 +76,6 @@ struct db_pool::impl {
 
 db_pool::db_pool(pool_options opts, observability::metrics* m)
     : opts_(std::move(opts)), impl_(std::make_unique<impl>(opts_.size)) {
-  for (std::size_t i = opts_.size; i-- > 0;) impl_->free_slots.push_back(i);
   if (m) {
     impl_->in_use_gauge = &m->pool_in_use(opts_.name);
     impl_->waiting_gauge = &m->pool_waiting(opts_.name);
@@ -104,63 +89,27 @@ db_pool::~db_pool() { impl_->threads.join(); }
 
 void db_pool::drain() { impl_->threads.join(); }
 
-std::size_t db_pool::in_use() const {
-  std::lock_guard lk(impl_->mu);
-  return opts_.size - impl_->free_slots.size();
-}
+std::size_t db_pool::in_use() const { return impl_->units.in_use(); }
 
-std::size_t db_pool::waiting() const {
-  std::lock_guard lk(impl_->mu);
-  return impl_->waiters.size();
-}
+std::size_t db_pool::waiting() const { return impl_->units.waiting(); }
 
 asio::awaitable<db_pool::lease> db_pool::acquire(clock::time_point deadline, origin o) {
-  auto ex = co_await asio::this_coro::executor;
-  std::shared_ptr<impl::waiter> w;
-  {
-    std::lock_guard lk(impl_->mu);
-    if (!impl_->free_slots.empty()) {
-      auto slot = impl_->free_slots.back();
-      impl_->free_slots.pop_back();
-      if (impl_->in_use_gauge) impl_->in_use_gauge->Increment();
-      co_return lease(this, slot, o);
-    }
-    w = std::make_shared<impl::waiter>(ex);
-    w->timer.expires_at(deadline);
-    impl_->waiters.push_back(w);
-    if (impl_->waiting_gauge) impl_->waiting_gauge->Increment();
+  if (impl_->waiting_gauge) impl_->waiting_gauge->Increment();
+  auto unit = co_await impl_->units.acquire(deadline);
+  if (impl_->waiting_gauge) impl_->waiting_gauge->Decrement();
+  if (!unit) {
+    api_error e(errc::unavailable, "the database is busy; retry shortly", std::nullopt,
+                "timed out waiting for a connection of pool " + opts_.name);
+    e.retry_after = 1;
+    throw e;
   }
-  boost::system::error_code ec;
-  co_await w->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-  {
-    std::lock_guard lk(impl_->mu);
-    if (w->granted) co_return lease(this, w->slot, o);  // in_use already counted by release
-    std::erase(impl_->waiters, w);
-    if (impl_->waiting_gauge) impl_->waiting_gauge->Decrement();
-  }
-  api_error e(errc::unavailable, "the database is busy; retry shortly", std::nullopt,
-              "timed out waiting for a connection of pool " + opts_.name);
-  e.retry_after = 1;
-  throw e;
+  if (impl_->in_use_gauge) impl_->in_use_gauge->Increment();
+  co_return lease(this, *unit, o);
 }
 
 void db_pool::release(std::size_t slot) {
-  std::shared_ptr<impl::waiter> w;
-  {
-    std::lock_guard lk(impl_->mu);
-    if (impl_->waiters.empty()) {
-      impl_->free_slots.push_back(slot);
-      if (impl_->in_use_gauge) impl_->in_use_gauge->Decrement();
-      return;
-    }
-    w = std::move(impl_->waiters.front());
-    impl_->waiters.pop_front();
-    w->granted = true;
-    w->slot = slot;
-    if (impl_->waiting_gauge) impl_->waiting_gauge->Decrement();
-  }
-  // The timer belongs to the waiter's executor; cancel it there to wake the waiter.
-  asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+  if (impl_->in_use_gauge) impl_->in_use_gauge->Decrement();
+  impl_->units.release(slot);
 }
 
 db_pool::lease::lease(lease&& other) noexcept

@@ -461,6 +461,57 @@ rotation_counts count_not_under(tx_t& tx, const std::string& active_kid) {
   return {r[0][0].as<long long>(), r[0][1].as<long long>()};
 }
 
+void mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
+                       const std::string& reason, const std::string& last_error_json) {
+  exec(tx,
+       "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, last_error = $4::jsonb, "
+       "consecutive_failures = consecutive_failures + 1, updated_at = now() "
+       "WHERE tenant_id = $1 AND id = $2",
+       tenant, id, reason, last_error_json);
+}
+
+void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
+                            const std::string& last_error_json,
+                            const std::optional<sys_time>& next_attempt_at) {
+  exec(tx,
+       "UPDATE connections SET last_error = $3::jsonb, consecutive_failures = "
+       "consecutive_failures + 1, next_attempt_at = " +
+           ts_param(4) + ", updated_at = now() WHERE tenant_id = $1 AND id = $2",
+       tenant, id, last_error_json, opt_us(next_attempt_at));
+}
+
+void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::string& id,
+                             sys_time at) {
+  exec(tx,
+       "UPDATE connections SET last_forced_refresh_at = " + ts_param(3) +
+           " WHERE tenant_id = $1 AND id = $2",
+       tenant, id, to_micros(at));
+}
+
+long long open_attempt(tx_t& tx, const std::string& tenant, long long connection_row_id,
+                       long long token_version, const std::string& instance,
+                       const std::string& request_id) {
+  return exec(tx,
+              "INSERT INTO refresh_attempts (tenant_id, connection_row_id, token_version, "
+              "instance, request_id) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+              tenant, connection_row_id, token_version, instance, request_id)[0][0]
+      .as<long long>();
+}
+
+void close_attempt(tx_t& tx, long long attempt_id, const std::string& state) {
+  exec(tx, "UPDATE refresh_attempts SET state = $2, closed_at = now() WHERE id = $1", attempt_id,
+       state);
+}
+
+bool has_unresolved_attempt(tx_t& tx, long long connection_row_id, long long token_version,
+                            long long except_id) {
+  return !exec(tx,
+               "SELECT 1 FROM refresh_attempts WHERE connection_row_id = $1 AND token_version = $2 "
+               "AND state IN ('open', 'in_doubt') AND id <> $3 LIMIT 1",
+               connection_row_id, token_version, except_id)
+              .empty();
+}
+
 event_record append_event(tx_t& tx, const event_record& e) {
   auto r = exec(tx,
                 "INSERT INTO connection_events (tenant_id, connection_id, connection_row_id, "

@@ -96,6 +96,25 @@ struct rotation_counts {
 };
 rotation_counts count_not_under(tx_t& tx, const std::string& active_kid);
 
+// Refresh bookkeeping on the connection row.
+void mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
+                       const std::string& reason, const std::string& last_error_json);
+// consecutive_failures + 1, last_error, and when the next provider call may be made.
+void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
+                            const std::string& last_error_json,
+                            const std::optional<sys_time>& next_attempt_at);
+void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::string& id,
+                             sys_time at);
+
+// Attempt markers (see migrations/0003).
+long long open_attempt(tx_t& tx, const std::string& tenant, long long connection_row_id,
+                       long long token_version, const std::string& instance,
+                       const std::string& request_id);
+void close_attempt(tx_t& tx, long long attempt_id, const std::string& state);
+// True when an attempt other than `except_id` at this version was left open or in doubt.
+bool has_unresolved_attempt(tx_t& tx, long long connection_row_id, long long token_version,
+                            long long except_id);
+
 // Events.
 event_record append_event(tx_t& tx, const event_record& e);
 std::vector<event_record> list_events(tx_t& tx, const std::string& tenant, long long row_id,

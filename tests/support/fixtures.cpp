@@ -162,3 +162,34 @@ std::string tokend_process::tenant_key(const std::string& tenant,
 }
 
 }  // namespace tokend::test
+
+namespace tokend::test {
+
+node_peer::node_peer(const std::string& script, std::vector<std::string> args)
+    : dir_(temp_dir("tokend-peer")) {
+  std::vector<std::string> argv = {"/usr/bin/env", "node",
+                                   std::string(TOKEND_SOURCE_DIR) + "/tests/tools/" + script};
+  argv.insert(argv.end(), args.begin(), args.end());
+  proc_ = std::make_unique<child_process>(argv, std::map<std::string, std::string>{},
+                                          dir_ + "/peer.log");
+  auto out = proc_->wait_for_output("\"msg\":\"listening\"", std::chrono::seconds(30));
+  if (!out) FAIL(script << " did not start:\n" << proc_->output());
+  address_ = logged_address(*out, "listening");
+  REQUIRE(!address_.empty());
+}
+
+node_peer::~node_peer() {
+  proc_.reset();
+  std::filesystem::remove_all(dir_);
+}
+
+nlohmann::json node_peer::control(const std::string& method, const std::string& path,
+                                  const nlohmann::json& body) const {
+  auto r = http_call(address_, method, path, body.is_null() ? "" : body.dump());
+  INFO(method << " " << path << " -> " << r.status << " " << r.body);
+  REQUIRE(r.status >= 200);
+  REQUIRE(r.status < 300);
+  return r.body.empty() ? nlohmann::json::object() : r.json();
+}
+
+}  // namespace tokend::test

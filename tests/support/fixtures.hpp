@@ -84,6 +84,23 @@ class tokend_process {
   std::string address_, metrics_address_;
 };
 
+// A Node test peer from tests/tools (oidc-server.mjs, fake-token-endpoint.mjs) on 127.0.0.1:0.
+class node_peer {
+ public:
+  explicit node_peer(const std::string& script, std::vector<std::string> args = {});
+  ~node_peer();
+  const std::string& address() const { return address_; }
+  std::string url(const std::string& path) const { return "http://" + address_ + path; }
+  // JSON request to the peer's control API; REQUIREs a 2xx answer.
+  nlohmann::json control(const std::string& method, const std::string& path,
+                         const nlohmann::json& body = nullptr) const;
+
+ private:
+  std::string dir_;
+  std::unique_ptr<child_process> proc_;
+  std::string address_;
+};
+
 // Extracts "address":"host:port" from the log line whose msg is `msg`.
 std::string logged_address(const std::string& output, const std::string& msg);
 
