@@ -568,7 +568,11 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
             // The commit failed after the provider answered: keep the token set in memory and
             // retry the write on a fresh connection until the deadline (extended: the new
             // refresh token is the only one that works now).
-            tx.reset();
+            try {
+              co_await lease.run([&](pqxx::connection_base&) { tx.reset(); });
+            } catch (const std::exception&) {
+              tx.release();  // unreachable in practice: the lease's connection object lives on
+            }
             const auto persist_deadline =
                 std::max(f.deadline, steady::now() + opts_.request_timeout);
             bool lost_cas = false;

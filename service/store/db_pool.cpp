@@ -60,6 +60,9 @@ void count_statement() {
 struct db_pool::impl {
   struct slot_state {
     std::unique_ptr<pqxx::connection> conn;  // touched only by the holder of the slot's lease
+    // The connection was lost. It is replaced when the next lease starts, not at once: the
+    // current lease may still hold objects (a pqxx::work) that refer to it.
+    bool broken = false;
   };
 
   explicit impl(std::size_t n) : threads(n), slots(n), units(n) {}
@@ -113,7 +116,10 @@ void db_pool::release(std::size_t slot) {
 }
 
 db_pool::lease::lease(lease&& other) noexcept
-    : pool_(std::exchange(other.pool_, nullptr)), slot_(other.slot_), origin_(other.origin_) {}
+    : pool_(std::exchange(other.pool_, nullptr)),
+      slot_(other.slot_),
+      origin_(other.origin_),
+      fresh_(other.fresh_) {}
 
 db_pool::lease::~lease() {
   if (pool_) pool_->release(slot_);
@@ -124,11 +130,19 @@ asio::awaitable<void> db_pool::lease::run_erased(std::function<void(pqxx::connec
   auto& s = pool->impl_->slots[slot_];
   auto* counter = origin_ == origin::request ? pool->impl_->request_statements
                                              : pool->impl_->background_statements;
+  const bool fresh = std::exchange(fresh_, false);
   co_await asio::co_spawn(
       pool->impl_->threads.get_executor(),
       [&]() -> asio::awaitable<void> {
         const auto& o = pool->opts_;
         try {
+          if (fresh && s.broken) {
+            s.conn.reset();
+            s.broken = false;
+          }
+          if (s.broken) {
+            throw pqxx::broken_connection("connection lost earlier in this lease");
+          }
           if (!s.conn || !s.conn->is_open()) {
             s.conn.reset();
             s.conn = std::make_unique<pqxx::connection>(
@@ -151,13 +165,13 @@ asio::awaitable<void> db_pool::lease::run_erased(std::function<void(pqxx::connec
           current_statement_counter = nullptr;
         } catch (const pqxx::broken_connection& e) {
           current_statement_counter = nullptr;
-          s.conn.reset();
+          s.broken = true;
           throw api_error(errc::unavailable, "the database is unavailable", std::nullopt,
                           std::string("database connection lost: ") + e.what());
         } catch (const pqxx::sql_error& e) {
           current_statement_counter = nullptr;
           if (is_connection_loss(e)) {
-            s.conn.reset();
+            s.broken = true;
             throw api_error(errc::unavailable, "the database is unavailable", std::nullopt,
                             std::string("database connection lost: ") + e.what());
           }

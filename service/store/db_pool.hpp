@@ -80,6 +80,7 @@ class db_pool {
     db_pool* pool_;
     std::size_t slot_;
     origin origin_;
+    bool fresh_ = true;  // no job has run on this lease yet
   };
 
   // Waits for a free connection until `deadline`; throws api_error `unavailable` (503) when

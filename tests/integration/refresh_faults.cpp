@@ -388,3 +388,28 @@ TEST_CASE("min_ttl: out of range is 400; half the issued lifetime caps it", "[re
   CHECK(res.json()["token_version"] == 1);
   CHECK(r.provider_calls() == 0);
 }
+
+TEST_CASE("the outbound address rule refuses loopback token endpoints at connect time",
+          "[refresh_faults]") {
+  scratch_database db;
+  tokend_process t(db.url());  // TOKEND_ALLOW_INSECURE_PROVIDER_URLS unset
+  auto key = t.tenant_key("acme");
+  for (std::string host : {"127.0.0.1", "localhost"}) {
+    INFO(host);
+    const std::string id = host == "localhost" ? "c-local" : "c-ip";
+    REQUIRE(t.call("PUT", "/v1/providers/p-" + id, key,
+                   json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+                        {"token_url", "https://" + host + ":9/token"}})
+                .status == 201);
+    REQUIRE(t.call("PUT", "/v1/connections/" + id, key,
+                   json{{"provider", "p-" + id}, {"access_token", "a"}, {"refresh_token", "r"},
+                        {"expires_at", kPast}})
+                .status == 201);
+    auto r = t.call("GET", "/v1/tokens/" + id, key);
+    CHECK(r.status == 502);
+    CHECK(r.json()["code"] == "provider_config_error");
+    auto ev = t.call("GET", "/v1/connections/" + id + "/events", key).json()["items"][0];
+    CHECK(ev["outcome"] == "config_error");
+    CHECK(ev["description"] == "outbound address refused");
+  }
+}

@@ -195,6 +195,7 @@ TEST_CASE("500 expired connections x 20 callers over 3 instances: exactly 500 re
   std::atomic<int> ok{0}, failed{0};
   std::mutex mu;
   std::map<int, std::set<std::string>> tokens_by_connection;
+  std::map<std::string, int> failures;
   const auto start = std::chrono::steady_clock::now();
   std::vector<std::thread> workers;
   for (int w = 0; w < kWorkers; ++w) {
@@ -211,6 +212,8 @@ TEST_CASE("500 expired connections x 20 callers over 3 instances: exactly 500 re
           tokens_by_connection[c].insert(r.json()["access_token"].get<std::string>());
         } else {
           ++failed;
+          std::lock_guard lk(mu);
+          failures[std::to_string(r.status) + " " + r.body.substr(0, 120)]++;
         }
       }
     });
@@ -218,6 +221,7 @@ TEST_CASE("500 expired connections x 20 callers over 3 instances: exactly 500 re
   for (auto& w : workers) w.join();
   const auto wall = std::chrono::steady_clock::now() - start;
   INFO("wall time " << std::chrono::duration_cast<std::chrono::milliseconds>(wall).count() << " ms");
+  for (auto& [what, n] : failures) UNSCOPED_INFO(n << " x " << what);
   CHECK(ok == kConnections * kCallers);
   CHECK(failed == 0);
   auto s = rig.stats();
