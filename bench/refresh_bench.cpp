@@ -4,6 +4,7 @@
 #include <atomic>
 #include <iostream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "support/fixtures.hpp"
@@ -146,6 +147,13 @@ TEST_CASE("throughput: refreshes per second of one instance against a fast fake 
                     {"client_workers", kWorkers}}
                    .dump()
             << std::endl;
+  if (r.failed != 0 && std::getenv("TOKEND_BENCH_DUMP")) {
+    std::istringstream in(t.output());
+    std::string line;
+    while (std::getline(in, line)) {
+      std::cerr << line << "\n";
+    }
+  }
   CHECK(r.failed == 0);
   CHECK(processed == kConnections);
 }

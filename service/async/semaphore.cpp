@@ -1,20 +1,18 @@
 #include "async/semaphore.hpp"
 
-#include <boost/asio/post.hpp>
-#include <boost/asio/redirect_error.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
+
+#include "async/signal.hpp"
 
 namespace asio = boost::asio;
 
 namespace tokend::async {
 
 struct semaphore::waiter {
-  explicit waiter(asio::any_io_executor ex) : timer(ex) {}
-  asio::steady_timer timer;  // expires at the deadline; cancelled to signal a grant
-  bool granted = false;      // guarded by semaphore::mu_
-  std::size_t unit = 0;      // valid when granted
+  explicit waiter(asio::any_io_executor ex) : wake(std::move(ex)) {}
+  signal wake;            // notified on a grant
+  bool granted = false;   // guarded by semaphore::mu_
+  std::size_t unit = 0;   // valid when granted
 };
 
 semaphore::semaphore(std::size_t count) : capacity_(count) {
@@ -44,11 +42,9 @@ asio::awaitable<std::optional<std::size_t>> semaphore::acquire(clock::time_point
     }
     if (clock::now() >= deadline) co_return std::nullopt;
     w = std::make_shared<waiter>(co_await asio::this_coro::executor);
-    w->timer.expires_at(deadline);
     waiters_.push_back(w);
   }
-  boost::system::error_code ec;
-  co_await w->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  co_await w->wake.wait_until(deadline);
   std::lock_guard lk(mu_);
   if (w->granted) co_return w->unit;
   std::erase(waiters_, w);
@@ -68,8 +64,7 @@ void semaphore::release(std::size_t unit) {
     w->granted = true;
     w->unit = unit;
   }
-  // The timer belongs to the waiter's executor: cancel it there to wake the waiter.
-  asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+  w->wake.notify();
 }
 
 }  // namespace tokend::async

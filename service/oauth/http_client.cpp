@@ -9,6 +9,8 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <boost/url/parse.hpp>
+#include <map>
+#include <mutex>
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -61,8 +63,37 @@ bool is_public_address(const asio::ip::address& a) {
   return true;
 }
 
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+
+// One open connection to a provider host; exactly one of the two streams is set.
+struct connection {
+  std::unique_ptr<beast::tcp_stream> plain;
+  std::unique_ptr<tls_stream> tls;
+  steady::time_point idle_since{};
+  beast::tcp_stream& lowest() { return plain ? *plain : beast::get_lowest_layer(*tls); }
+};
+
 struct http_client::impl {
   ssl::context tls{ssl::context::tls_client};
+  std::mutex mu;  // guards idle
+  std::map<std::string, std::vector<std::unique_ptr<connection>>> idle;  // by scheme://host:port
+
+  std::unique_ptr<connection> take(const std::string& key, std::chrono::milliseconds max_idle) {
+    std::lock_guard lk(mu);
+    auto it = idle.find(key);
+    while (it != idle.end() && !it->second.empty()) {
+      auto c = std::move(it->second.back());
+      it->second.pop_back();
+      if (steady::now() - c->idle_since < max_idle) return c;
+    }
+    return nullptr;
+  }
+  void put(const std::string& key, std::unique_ptr<connection> c, std::size_t max_per_host) {
+    c->idle_since = steady::now();
+    std::lock_guard lk(mu);
+    auto& v = idle[key];
+    if (v.size() < max_per_host) v.push_back(std::move(c));
+  }
   impl() {
     tls.set_default_verify_paths();
     tls.set_verify_mode(ssl::verify_peer);
@@ -85,6 +116,7 @@ asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
   co_await bhttp::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
     out.error = "write: " + ec.message();
+    out.nothing_received = true;
     co_return;
   }
   out.sent = true;
@@ -96,9 +128,13 @@ asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
                                     asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
     out.error = "read header: " + ec.message();
+    out.nothing_received = buffer.size() == 0 && (ec == bhttp::error::end_of_stream ||
+                                                   ec == asio::error::eof ||
+                                                   ec == asio::error::connection_reset);
     co_return;
   }
   out.status = static_cast<int>(parser.get().result_int());
+  out.keep_alive = parser.get().keep_alive();
   if (auto it = parser.get().find(bhttp::field::retry_after); it != parser.get().end()) {
     out.retry_after = std::string(it->value());
   }
@@ -137,6 +173,42 @@ asio::awaitable<http_result> http_client::request(
   std::string target = std::string(u->encoded_path());
   if (target.empty()) target = "/";
   if (u->has_query()) target += "?" + std::string(u->encoded_query());
+  const std::string pool_key = std::string(u->scheme()) + "://" + host + ":" + port;
+
+  bhttp::request<bhttp::string_body> req{bhttp::string_to_verb(method), target, 11};
+  req.set(bhttp::field::host, u->encoded_host_and_port());
+  req.set(bhttp::field::user_agent, "tokend/" TOKEND_VERSION);
+  for (const auto& [k, v] : headers) req.set(k, v);
+  req.body() = std::move(body);
+  req.keep_alive(true);
+  req.prepare_payload();
+
+  auto finish = [&](std::unique_ptr<connection> c) {
+    if (out.status != 0 && out.body_complete && out.keep_alive) {
+      impl_->put(pool_key, std::move(c), opts_.idle_per_host);
+      return;
+    }
+    boost::system::error_code ignored;
+    c->lowest().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    c->lowest().socket().close(ignored);
+  };
+  auto run_exchange = [&](connection& c) -> asio::awaitable<void> {
+    if (c.plain) {
+      co_await exchange(*c.plain, *c.plain, req, out, opts_, deadline);
+    } else {
+      co_await exchange(*c.tls, c.lowest(), req, out, opts_, deadline);
+    }
+  };
+
+  // An idle connection to the same origin, when there is one. A failure on it is reported as
+  // it is (a request that was written counts as sent): the engine treats it as in doubt rather
+  // than guess that the server had closed the idle connection first.
+  if (auto c = impl_->take(pool_key, opts_.max_idle)) {
+    out.reused = true;
+    co_await run_exchange(*c);
+    finish(std::move(c));
+    co_return out;
+  }
 
   auto ex = co_await asio::this_coro::executor;
   tcp::resolver resolver(ex);
@@ -165,14 +237,7 @@ asio::awaitable<http_result> http_client::request(
     co_return out;
   }
 
-  bhttp::request<bhttp::string_body> req{bhttp::string_to_verb(method), target, 11};
-  req.set(bhttp::field::host, u->encoded_host_and_port());
-  req.set(bhttp::field::user_agent, "tokend/" TOKEND_VERSION);
-  for (const auto& [k, v] : headers) req.set(k, v);
-  req.body() = std::move(body);
-  req.keep_alive(false);
-  req.prepare_payload();
-
+  auto c = std::make_unique<connection>();
   beast::tcp_stream stream(ex);
   stream.expires_after(until(deadline, opts_.connect_timeout));
   co_await stream.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
@@ -181,27 +246,26 @@ asio::awaitable<http_result> http_client::request(
     co_return out;
   }
   if (!tls) {
-    co_await exchange(stream, stream, req, out, opts_, deadline);
-    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    co_return out;
+    c->plain = std::make_unique<beast::tcp_stream>(std::move(stream));
+  } else {
+    c->tls = std::make_unique<tls_stream>(std::move(stream), impl_->tls);
+    if (!SSL_set_tlsext_host_name(c->tls->native_handle(), host.c_str())) {
+      out.error = "tls: cannot set SNI";
+      co_return out;
+    }
+    c->tls->set_verify_callback(ssl::host_name_verification(host));
+    c->lowest().expires_after(until(deadline, opts_.tls_timeout));
+    co_await c->tls->async_handshake(ssl::stream_base::client,
+                                     asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      out.error = "tls handshake: " + ec.message();
+      co_return out;
+    }
   }
-  beast::ssl_stream<beast::tcp_stream> tls_stream(std::move(stream), impl_->tls);
-  if (!SSL_set_tlsext_host_name(tls_stream.native_handle(), host.c_str())) {
-    out.error = "tls: cannot set SNI";
-    co_return out;
-  }
-  tls_stream.set_verify_callback(ssl::host_name_verification(host));
-  beast::get_lowest_layer(tls_stream).expires_after(until(deadline, opts_.tls_timeout));
-  co_await tls_stream.async_handshake(ssl::stream_base::client,
-                                      asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) {
-    out.error = "tls handshake: " + ec.message();
-    co_return out;
-  }
-  co_await exchange(tls_stream, beast::get_lowest_layer(tls_stream), req, out, opts_, deadline);
-  // No TLS close_notify exchange: the connection is not reused, and a peer that skips it
-  // (stream_truncated) must not turn a complete answer into an error.
-  beast::get_lowest_layer(tls_stream).socket().shutdown(tcp::socket::shutdown_both, ec);
+  co_await run_exchange(*c);
+  // No TLS close_notify exchange when closing: a peer that skips it (stream_truncated) must not
+  // turn a complete answer into an error.
+  finish(std::move(c));
   co_return out;
 }
 

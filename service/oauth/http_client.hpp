@@ -23,6 +23,10 @@ struct client_options {
   std::chrono::milliseconds tls_timeout{5000};
   std::chrono::milliseconds call_timeout{10000};  // write + read of one request
   std::size_t body_limit = 64 * 1024;
+  // Idle connections kept per provider host for reuse, and how long one may idle. Kept short,
+  // well under common server keep-alive timeouts, so a reused connection is rarely stale.
+  std::size_t idle_per_host = 16;
+  std::chrono::milliseconds max_idle{3000};
   bool allow_insecure = false;  // http and any address (TOKEND_ALLOW_INSECURE_PROVIDER_URLS=1)
 };
 
@@ -34,6 +38,9 @@ struct http_result {
   std::optional<std::string> retry_after;
   bool refused = false;  // the URL or every resolved address broke the outbound rule
   std::string error;     // transport failure, for logs
+  bool keep_alive = false;        // the server allows another request on this connection
+  bool nothing_received = false;  // failed before any response byte arrived
+  bool reused = false;            // sent on a pooled connection
 };
 
 // Public unicast addresses only: no loopback, private, link-local, unique-local, unspecified,
@@ -45,8 +52,10 @@ class http_client {
   explicit http_client(client_options opts);
   ~http_client();
 
-  // Sends one request on a fresh connection. Never throws for network failures: they are
-  // reported in http_result. `deadline` bounds the whole call on top of the per-phase timeouts.
+  // Sends one request, on an idle pooled connection to the same scheme://host:port when one is
+  // available, else on a new one. Never throws for network failures: they are reported in
+  // http_result. `deadline` bounds the whole call on top of the per-phase timeouts.
+  // Thread-safe.
   boost::asio::awaitable<http_result> request(
       std::string method, const std::string& url,
       const std::vector<std::pair<std::string, std::string>>& headers, std::string body,

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "async/semaphore.hpp"
+#include "async/signal.hpp"
 #include "core/errors.hpp"
 #include "core/refresh_policy.hpp"
 #include "crypto/token_seal.hpp"
@@ -74,8 +75,8 @@ struct engine::flight_result {
 
 struct engine::flight {
   struct waiter {
-    explicit waiter(asio::any_io_executor ex) : timer(ex) {}
-    asio::steady_timer timer;  // expires at the waiter's deadline; cancelled on completion
+    explicit waiter(asio::any_io_executor ex) : done(std::move(ex)) {}
+    async::signal done;  // notified when the flight completes
   };
   std::string tenant, id;
   trigger t = trigger::on_demand;
@@ -224,13 +225,11 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
         r = f->result;
       } else {
         w = std::make_shared<flight::waiter>(co_await asio::this_coro::executor);
-        w->timer.expires_at(who.deadline);
         f->waiters.push_back(w);
       }
     }
     if (!r) {
-      boost::system::error_code ec;
-      co_await w->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      co_await w->done.wait_until(who.deadline);
       std::lock_guard lk(f->mu);
       if (f->done) r = f->result;
       std::erase(f->waiters, w);
@@ -288,9 +287,7 @@ asio::awaitable<void> engine::run_flight(std::shared_ptr<flight> f) {
     std::lock_guard lk(f->mu);
     f->done = true;
     f->result = std::move(result);
-    for (auto& w : f->waiters) {
-      asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
-    }
+    for (auto& w : f->waiters) w->done.notify();
   }
   metrics_.refresh_in_flight().Decrement();
 }
@@ -506,6 +503,7 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
              {"oauth_error", cls.oauth_error ? json(*cls.oauth_error) : json(nullptr)},
              {"error_description", cls.description ? json(*cls.description) : json(nullptr)},
              {"transport_error", reply.error},
+             {"connection_reused", reply.reused},
              {"outcome", policy::outcome_name(cls.kind)},
              {"token_age_s", token_age_s},
              {"token_version", row.token_version},

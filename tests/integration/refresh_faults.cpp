@@ -413,3 +413,14 @@ TEST_CASE("the outbound address rule refuses loopback token endpoints at connect
     CHECK(ev["description"] == "outbound address refused");
   }
 }
+
+TEST_CASE("connections to a provider host are reused", "[refresh_faults]") {
+  rig r;
+  r.import("c1");
+  r.import("c2");
+  REQUIRE(r.get("c1").status == 200);
+  REQUIRE(r.get("c2").status == 200);
+  auto out = r.t.output();
+  CHECK(out.find("\"connection_reused\":false") != std::string::npos);
+  CHECK(out.find("\"connection_reused\":true") != std::string::npos);
+}
