@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Fault-injecting fake OAuth token endpoint for tokend tests. Plain node:http, no dependencies.
 //
-// Usage: node fake-token-endpoint.mjs [--port N]      (default 0 = any free port; binds 127.0.0.1)
+// Usage: node fake-token-endpoint.mjs [--port N] [--tls-cert FILE --tls-key FILE]
+//   (default port 0 = any free port; binds 127.0.0.1; with a certificate it serves HTTPS)
 // When listening, exactly one line is written to stdout:
 //   {"msg":"listening","address":"127.0.0.1:PORT"}
 // SIGTERM / SIGINT: close everything and exit 0.
@@ -40,7 +41,9 @@
 //        at = wall-clock ms since the epoch (fractional); step = 0-based index of the consumed
 //        script step (counting every step appended since the last reset), null for default.
 
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import { performance } from 'node:perf_hooks';
 
 function usage(msg) {
@@ -58,7 +61,14 @@ function parseArgs(argv) {
       value = arg.slice(eq + 1);
       arg = arg.slice(0, eq);
     }
-    if (arg === '--port') {
+    if (arg === '--tls-cert' || arg === '--tls-key') {
+      if (value === undefined) {
+        i += 1;
+        if (i >= argv.length) usage(`missing value for ${arg}`);
+        value = argv[i];
+      }
+      out[arg === '--tls-cert' ? 'tlsCert' : 'tlsKey'] = value;
+    } else if (arg === '--port') {
       if (value === undefined) {
         i += 1;
         if (i >= argv.length) usage('missing value for --port');
@@ -385,7 +395,10 @@ async function handleControl(req, res, path) {
 // ---------------------------------------------------------------------------------------------
 // Server
 // ---------------------------------------------------------------------------------------------
-const server = http.createServer((req, res) => {
+const tlsOptions = args.tlsCert
+  ? { cert: fs.readFileSync(args.tlsCert), key: fs.readFileSync(args.tlsKey) }
+  : null;
+const server = (tlsOptions ? (h) => https.createServer(tlsOptions, h) : (h) => http.createServer(h))((req, res) => {
   let path;
   try {
     path = new URL(req.url, 'http://127.0.0.1').pathname;
