@@ -2,6 +2,8 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "api/auth.hpp"
+#include "cache/caches.hpp"
+#include "store/change_listener.hpp"
 #include "api/handlers.hpp"
 #include "api/tx.hpp"
 #include "api/views.hpp"
@@ -96,10 +98,13 @@ asio::awaitable<http::response> revoke_key(context& ctx, http::request& req) {
   auto tenant = tenant_param(req);
   const auto& id = req.param("id");
   require_id(id, "id");
-  bool found = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    return store::revoke_api_key(tx, tenant, id);
+  auto hash = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
+    auto h = store::revoke_api_key(tx, tenant, id);
+    if (h) store::notify_change(tx, cache::caches::principal_key(crypto::hex(*h)));
+    return h;
   });
-  if (!found) throw api_error(errc::not_found, "no such API key");
+  if (!hash) throw api_error(errc::not_found, "no such API key");
+  ctx.caches.invalidate(cache::caches::principal_key(crypto::hex(*hash)));
   http::response res;
   res.status = 204;
   co_return res;

@@ -3,6 +3,11 @@
 #include <algorithm>
 #include <pqxx/pqxx>
 
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "cache/caches.hpp"
 #include "core/errors.hpp"
 #include "crypto/crypto.hpp"
 #include "observability/log.hpp"
@@ -37,6 +42,14 @@ asio::awaitable<principal> authenticate(context& ctx, const http::request& req) 
     co_return principal{true, "", "", {}};
   }
   const auto hash = crypto::sha256(token);
+  const auto cache_key = cache::caches::principal_key(crypto::hex(hash));
+  if (auto p = ctx.caches.get_principal(cache_key)) {
+    const auto now = ctx.clock.now();
+    if (p->expires_at && *p->expires_at <= now) throw unauthorized("this API key has expired");
+    ctx.usage.note(p->tenant_id, p->key_id, now);
+    co_return principal{false, p->tenant_id, p->key_id, p->scopes};
+  }
+  const auto ticket = ctx.caches.state().begin(cache_key);
   auto key = co_await ctx.db.run(req.deadline, [&](pqxx::connection_base& c) {
     pqxx::read_transaction tx(c);
     return store::find_api_key_by_hash(tx, hash);
@@ -45,6 +58,12 @@ asio::awaitable<principal> authenticate(context& ctx, const http::request& req) 
   if (!key || !crypto::equal_ct(key->key_hash, hash)) throw unauthorized("invalid bearer token");
   if (key->revoked_at) throw unauthorized("this API key has been revoked");
   if (key->expires_at && *key->expires_at <= now) throw unauthorized("this API key has expired");
+  if (auto delay = ctx.caches.options().test_insert_delay; delay.count() > 0) {
+    asio::steady_timer t(co_await asio::this_coro::executor, delay);
+    co_await t.async_wait(asio::use_awaitable);
+  }
+  ctx.caches.put_principal(cache_key, ticket,
+                           {key->tenant_id, key->id, key->scopes, key->expires_at});
   ctx.usage.note(key->tenant_id, key->id, now);
   co_return principal{false, key->tenant_id, key->id, key->scopes};
 }

@@ -2,6 +2,8 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "api/auth.hpp"
+#include "cache/caches.hpp"
+#include "store/change_listener.hpp"
 #include "api/handlers.hpp"
 #include "api/tx.hpp"
 #include "api/views.hpp"
@@ -112,8 +114,10 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     e.instance = ctx.cfg.instance_id;
     e.environment = ctx.cfg.environment;
     store::append_event(tx, e);
+    store::notify_change(tx, cache::caches::token_key(out.tenant_id, out.id));
     return std::pair{std::move(out), !existing};
   });
+  ctx.caches.invalidate(cache::caches::token_key(who.tenant_id, id));
   co_return json_reply(created ? 201 : 200, connection_view(stored));
 }
 
@@ -170,8 +174,11 @@ asio::awaitable<http::response> delete_connection(context& ctx, http::request& r
   require_scope(who, "connections:write");
   const auto id = connection_param(req);
   bool found = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    return store::delete_connection(tx, who.tenant_id, id);
+    bool deleted = store::delete_connection(tx, who.tenant_id, id);
+    if (deleted) store::notify_change(tx, cache::caches::token_key(who.tenant_id, id));
+    return deleted;
   });
+  ctx.caches.invalidate(cache::caches::token_key(who.tenant_id, id));
   if (!found) throw api_error(errc::not_found, "no such connection");
   http::response res;
   res.status = 204;

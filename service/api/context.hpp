@@ -19,6 +19,9 @@ class metrics;
 namespace tokend::refresh {
 class engine;
 }
+namespace tokend::cache {
+class caches;
+}
 
 namespace tokend::api {
 
@@ -43,6 +46,7 @@ struct context {
   key_usage& usage;
   const wall_clock& clock;
   refresh::engine& engine;
+  cache::caches& caches;
 };
 
 }  // namespace tokend::api

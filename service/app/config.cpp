@@ -185,6 +185,20 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
   c.shutdown_grace = std::chrono::seconds(n);
   if (c.shutdown_grace.count() == 0) c.shutdown_grace = c.request_timeout + std::chrono::seconds(5);
 
+  if (auto v = get("TOKEND_CACHE")) {
+    if (*v != "on" && *v != "off") return fail("TOKEND_CACHE", "must be on or off");
+    c.cache = *v == "on";
+  }
+  n = c.token_cache_size;
+  if (auto e = positive("TOKEND_TOKEN_CACHE_SIZE", 0, 100000000, n)) return {std::nullopt, e};
+  c.token_cache_size = static_cast<unsigned>(n);
+  n = c.principal_cache_size;
+  if (auto e = positive("TOKEND_PRINCIPAL_CACHE_SIZE", 0, 10000000, n)) return {std::nullopt, e};
+  c.principal_cache_size = static_cast<unsigned>(n);
+  n = 0;
+  if (auto e = positive("TOKEND_TEST_CACHE_INSERT_DELAY_MS", 0, 60000, n)) return {std::nullopt, e};
+  c.test_cache_insert_delay = std::chrono::milliseconds(n);
+
   if (auto v = get("TOKEND_SCHEDULER")) {
     if (*v != "on" && *v != "off") return fail("TOKEND_SCHEDULER", "must be on or off");
     c.scheduler = *v == "on";

@@ -41,6 +41,10 @@ struct config {
   std::chrono::milliseconds http_idle_timeout{60000};  // keep-alive wait for the next request
   std::chrono::milliseconds db_statement_timeout{5000};
   std::chrono::seconds shutdown_grace{0};  // 0: request_timeout + 5 s
+  bool cache = true;
+  unsigned token_cache_size = 100000;
+  unsigned principal_cache_size = 10000;
+  std::chrono::milliseconds test_cache_insert_delay{0};  // test hook, see caches.hpp
 };
 
 struct config_error {

@@ -14,7 +14,9 @@
 #include "api/context.hpp"
 #include "api/handlers.hpp"
 #include "api/ops.hpp"
+#include "cache/caches.hpp"
 #include "crypto/crypto.hpp"
+#include "store/change_listener.hpp"
 #include "oauth/http_client.hpp"
 #include "refresh/engine.hpp"
 #include "http/router.hpp"
@@ -74,14 +76,29 @@ int serve(const config& c) {
                                    .force_refresh_min_interval = c.force_refresh_min_interval};
   api::key_usage usage;
   const wall_clock clock;
+  cache::caches caches({.enabled = c.cache,
+                        .token_capacity = c.token_cache_size,
+                        .principal_capacity = c.principal_cache_size,
+                        .test_insert_delay = c.test_cache_insert_delay},
+                       &metrics);
+  // Caches are used only while the listener is up; a (re)connect flushes them.
+  store::change_listener listener(
+      c.database_url, [&](const std::string& payload) { caches.invalidate(payload); },
+      [&](bool up) {
+        if (!up) caches.state().set_up(false);
+        caches.flush();
+        if (up) caches.state().set_up(true);
+      },
+      &metrics);
+  if (c.cache) listener.start();
   oauth::http_client outbound({.allow_insecure = c.allow_insecure_provider_urls});
   refresh::engine engine(ioc.get_executor(),
                          {.instance_id = c.instance_id,
                           .environment = c.environment,
                           .request_timeout = c.request_timeout,
                           .force_refresh_min_interval = c.force_refresh_min_interval},
-                         db, refresh_db, keys, outbound, metrics, clock);
-  api::context ctx{api_settings, db, refresh_db, keys, metrics, usage, clock, engine};
+                         db, refresh_db, keys, outbound, metrics, clock, caches);
+  api::context ctx{api_settings, db, refresh_db, keys, metrics, usage, clock, engine, caches};
 
   http::router api_routes;
   api::register_ops(api_routes, db, metrics, !c.metrics_host.has_value());
@@ -158,6 +175,7 @@ int serve(const config& c) {
   for (unsigned i = 1; i < c.threads; ++i) threads.emplace_back([&] { ioc.run(); });
   ioc.run();
   for (auto& t : threads) t.join();
+  listener.stop();
   db.drain();
   refresh_db.drain();
   log::write(log::level::info, "stopped");

@@ -63,6 +63,31 @@ struct metrics::impl {
           .Name("tokend_refresh_in_flight")
           .Help("Refreshes in flight in this process")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& cache_events =
+      prometheus::BuildCounter()
+          .Name("tokend_cache_events_total")
+          .Help("Cache hits, misses, evictions, invalidations and skipped inserts")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& cache_entries =
+      prometheus::BuildGauge()
+          .Name("tokend_cache_entries")
+          .Help("Entries held by each cache")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& reconnects =
+      prometheus::BuildCounter()
+          .Name("tokend_listener_reconnects_total")
+          .Help("Times the LISTEN connection was (re)established after a loss")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& listener =
+      prometheus::BuildGauge()
+          .Name("tokend_listener_up")
+          .Help("1 while the change listener is connected (caches are in use)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& jobs =
+      prometheus::BuildCounter()
+          .Name("tokend_db_jobs_total")
+          .Help("Database jobs (one or more statements on a DB thread) by origin")
+          .Register(*registry);
   prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
                                                      .Name("tokend_build_info")
                                                      .Help("Build information")
@@ -117,6 +142,18 @@ void metrics::reauth_required(std::string_view reason) {
 }
 
 prometheus::Gauge& metrics::refresh_in_flight() { return impl_->in_flight.Add({}); }
+
+prometheus::Counter& metrics::cache_event(std::string_view kind) {
+  return impl_->cache_events.Add({{"kind", std::string(kind)}});
+}
+prometheus::Gauge& metrics::cache_entries(std::string_view cache) {
+  return impl_->cache_entries.Add({{"cache", std::string(cache)}});
+}
+prometheus::Counter& metrics::listener_reconnects() { return impl_->reconnects.Add({}); }
+prometheus::Gauge& metrics::listener_up() { return impl_->listener.Add({}); }
+prometheus::Counter& metrics::db_jobs(std::string_view origin) {
+  return impl_->jobs.Add({{"origin", std::string(origin)}});
+}
 
 prometheus::Registry& metrics::registry() { return *impl_->registry; }
 

@@ -36,6 +36,14 @@ class metrics {
   void reauth_required(std::string_view reason);
   prometheus::Gauge& refresh_in_flight();
 
+  // Cache signals: events by kind (hit, miss, eviction, invalidation, insert_skipped),
+  // entries by cache (token, principal), listener reconnects, DB jobs by origin.
+  prometheus::Counter& cache_event(std::string_view kind);
+  prometheus::Gauge& cache_entries(std::string_view cache);
+  prometheus::Counter& listener_reconnects();
+  prometheus::Gauge& listener_up();
+  prometheus::Counter& db_jobs(std::string_view origin);
+
   prometheus::Registry& registry();
   std::string serialize() const;
 

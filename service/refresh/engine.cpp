@@ -14,6 +14,8 @@
 
 #include "async/semaphore.hpp"
 #include "async/signal.hpp"
+#include "cache/caches.hpp"
+#include "store/change_listener.hpp"
 #include "core/errors.hpp"
 #include "core/refresh_policy.hpp"
 #include "crypto/token_seal.hpp"
@@ -94,7 +96,7 @@ struct engine::flight {
 
 engine::engine(asio::any_io_executor ex, engine_options opts, store::db_pool& db,
                store::db_pool& refresh_db, const crypto::keyring& keys, oauth::http_client& http,
-               observability::metrics& metrics, const wall_clock& clock)
+               observability::metrics& metrics, const wall_clock& clock, cache::caches& caches)
     : ex_(std::move(ex)),
       opts_(std::move(opts)),
       db_(db),
@@ -102,7 +104,8 @@ engine::engine(asio::any_io_executor ex, engine_options opts, store::db_pool& db
       keys_(keys),
       http_(http),
       metrics_(metrics),
-      clock_(clock) {}
+      clock_(clock),
+      caches_(caches) {}
 
 engine::~engine() = default;
 
@@ -160,10 +163,33 @@ asio::awaitable<std::string> engine::open_or_fail(const caller& who, const conne
 
 asio::awaitable<token_answer> engine::get(const caller& who, const std::string& id,
                                           long long min_ttl) {
+  const auto key = cache::caches::token_key(who.tenant, id);
+  if (auto hit = caches_.get_token(key)) {
+    // The hot path: no SQL, no decryption, no lock.
+    if (policy::is_fresh(hit->expires_at, hit->lifetime, min_ttl, clock_.now())) {
+      connection_record c;
+      c.tenant_id = who.tenant;
+      c.id = id;
+      c.token_version = hit->token_version;
+      c.token_type = hit->token_type;
+      c.scope = hit->scope;
+      c.access_expires_at = hit->expires_at;
+      c.access_lifetime = hit->lifetime;
+      co_return token_answer{std::move(c), std::move(hit->access_token), false};
+    }
+  }
+  const auto ticket = caches_.state().begin(key);
   auto c = co_await load(who, id);
   auto token = co_await open_or_fail(who, c, "on_demand");
   const auto now = clock_.now();
   if (policy::is_fresh(c.access_expires_at, c.access_lifetime, min_ttl, now)) {
+    if (auto delay = caches_.options().test_insert_delay; delay.count() > 0) {
+      asio::steady_timer pause(co_await asio::this_coro::executor, delay);
+      co_await pause.async_wait(asio::use_awaitable);
+    }
+    caches_.put_token(key, ticket,
+                      {c.token_version, token, c.token_type, c.scope, c.access_expires_at,
+                       c.access_lifetime});
     co_return token_answer{std::move(c), std::move(token), false};
   }
   if (!c.sealed.refresh_token_ct && c.access_expires_at > now) {
@@ -278,6 +304,9 @@ asio::awaitable<void> engine::run_flight(std::shared_ptr<flight> f) {
                f->request_id);
     result.error = api_error(errc::internal, "internal error");
   }
+  // Drop this instance's entry before anyone is answered (the notification sent with the
+  // change reaches the other instances).
+  caches_.invalidate(cache::caches::token_key(f->tenant, f->id));
   {
     std::lock_guard lk(mu_);
     auto it = flights_.find({f->tenant, f->id});
@@ -301,6 +330,7 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
     }
   }();
   const caller who{f.tenant, f.request_id, f.deadline};
+  const std::string change_key = cache::caches::token_key(f.tenant, f.id);
 
   // Provider configuration first, outside any lock.
   auto seen = co_await db_.run(f.deadline, [&](pqxx::connection_base& c) {
@@ -401,6 +431,7 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
                                         {"at", format_rfc3339(now)}}
                                        .dump());
           store::append_event(*tx, e);
+          store::notify_change(*tx, change_key);
           tx->commit();
           tx.reset();
         });
@@ -552,6 +583,7 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
             stored = co_await lease.run([&](pqxx::connection_base&) {
               auto s = store::cas_write_token_set(*tx, row.tenant_id, row.id, row.token_version, w);
               if (s) {
+                store::notify_change(*tx, change_key);
                 store::append_event(*tx, e);
                 store::close_attempt(*tx, attempt_id, "done");
                 tx->commit();
@@ -581,6 +613,7 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
                   auto s = store::cas_write_token_set(pw, row.tenant_id, row.id,
                                                       row.token_version, w);
                   if (s) {
+                    store::notify_change(pw, change_key);
                     store::append_event(pw, e);
                     store::close_attempt(pw, attempt_id, "done");
                     pw.commit();
@@ -660,6 +693,7 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
             e.duration_ms = static_cast<int>(call_ms);
             store::mark_needs_reauth(*tx, row.tenant_id, row.id, reason,
                                      last_error_json("invalid_grant", cls, reply.status, now));
+            store::notify_change(*tx, change_key);
             store::append_event(*tx, e);
             store::close_attempt(*tx, attempt_id, "failed");
             tx->commit();

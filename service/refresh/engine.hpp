@@ -30,6 +30,9 @@ class metrics;
 namespace tokend::async {
 class semaphore;
 }
+namespace tokend::cache {
+class caches;
+}
 
 namespace tokend::refresh {
 
@@ -63,7 +66,7 @@ class engine {
  public:
   engine(boost::asio::any_io_executor ex, engine_options opts, store::db_pool& db,
          store::db_pool& refresh_db, const crypto::keyring& keys, oauth::http_client& http,
-         observability::metrics& metrics, const wall_clock& clock);
+         observability::metrics& metrics, const wall_clock& clock, cache::caches& caches);
   ~engine();
 
   // GET /v1/tokens/{id}: the stored token when fresh for min_ttl, else refreshed first.
@@ -99,6 +102,7 @@ class engine {
   oauth::http_client& http_;
   observability::metrics& metrics_;
   const wall_clock& clock_;
+  cache::caches& caches_;
 
   mutable std::mutex mu_;  // guards flights_ and slots_
   std::map<std::pair<std::string, std::string>, std::shared_ptr<flight>> flights_;

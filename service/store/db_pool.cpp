@@ -75,6 +75,8 @@ struct db_pool::impl {
   prometheus::Gauge* waiting_gauge = nullptr;
   prometheus::Counter* request_statements = nullptr;
   prometheus::Counter* background_statements = nullptr;
+  prometheus::Counter* request_jobs = nullptr;
+  prometheus::Counter* background_jobs = nullptr;
 };
 
 db_pool::db_pool(pool_options opts, observability::metrics* m)
@@ -85,6 +87,8 @@ db_pool::db_pool(pool_options opts, observability::metrics* m)
     m->pool_size(opts_.name).Set(static_cast<double>(opts_.size));
     impl_->request_statements = &m->sql_statements("request");
     impl_->background_statements = &m->sql_statements("background");
+    impl_->request_jobs = &m->db_jobs("request");
+    impl_->background_jobs = &m->db_jobs("background");
   }
 }
 
@@ -131,6 +135,10 @@ asio::awaitable<void> db_pool::lease::run_erased(std::function<void(pqxx::connec
   auto* counter = origin_ == origin::request ? pool->impl_->request_statements
                                              : pool->impl_->background_statements;
   const bool fresh = std::exchange(fresh_, false);
+  if (auto* jobs = origin_ == origin::request ? pool->impl_->request_jobs
+                                              : pool->impl_->background_jobs) {
+    jobs->Increment();
+  }
   co_await asio::co_spawn(
       pool->impl_->threads.get_executor(),
       [&]() -> asio::awaitable<void> {

@@ -214,12 +214,14 @@ std::vector<api_key_record> list_api_keys(tx_t& tx, const std::string& tenant) {
   return out;
 }
 
-bool revoke_api_key(tx_t& tx, const std::string& tenant, const std::string& id) {
-  return !exec(tx,
-               "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
-               "WHERE tenant_id = $1 AND id = $2 RETURNING 1",
-               tenant, id)
-              .empty();
+std::optional<std::string> revoke_api_key(tx_t& tx, const std::string& tenant,
+                                          const std::string& id) {
+  auto r = exec(tx,
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
+                "WHERE tenant_id = $1 AND id = $2 RETURNING key_hash",
+                tenant, id);
+  if (r.empty()) return std::nullopt;
+  return pqxx::binarystring(r[0][0]).str();
 }
 
 std::optional<api_key_record> find_api_key_by_hash(tx_t& tx, const std::string& key_hash) {

@@ -24,8 +24,10 @@ bool tenant_exists(tx_t& tx, const std::string& id);
 // API keys.
 api_key_record insert_api_key(tx_t& tx, const api_key_record& k);
 std::vector<api_key_record> list_api_keys(tx_t& tx, const std::string& tenant);
-// Sets revoked_at (kept when already revoked); false when the key does not exist.
-bool revoke_api_key(tx_t& tx, const std::string& tenant, const std::string& id);
+// Sets revoked_at (kept when already revoked); returns the key's hash, nullopt when the key
+// does not exist.
+std::optional<std::string> revoke_api_key(tx_t& tx, const std::string& tenant,
+                                          const std::string& id);
 std::optional<api_key_record> find_api_key_by_hash(tx_t& tx, const std::string& key_hash);
 struct key_use {
   std::string tenant_id, id;

@@ -1,0 +1,114 @@
+#include "cache/caches.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+
+#include <functional>
+
+#include "observability/metrics.hpp"
+
+namespace tokend::cache {
+
+std::size_t coherence::stripe_of(std::string_view key) {
+  return std::hash<std::string_view>{}(key) % kStripes;
+}
+
+coherence::ticket coherence::begin(std::string_view key) const {
+  const auto s = stripe_of(key);
+  // Order: read `up` and the epoch before the stripe, so a reset racing with us is seen.
+  const bool up = up_.load();
+  const auto epoch = epoch_.load();
+  return {epoch, stripes_[s].load(), s, up};
+}
+
+bool coherence::still_valid(const ticket& t) const {
+  return t.valid && up_.load() && epoch_.load() == t.epoch &&
+         stripes_[t.stripe].load() == t.stripe_generation;
+}
+
+void coherence::touch(std::string_view key) { stripes_[stripe_of(key)].fetch_add(1); }
+
+void coherence::bump_epoch() { epoch_.fetch_add(1); }
+
+caches::caches(cache_options opts, observability::metrics* m)
+    : opts_(opts), tokens_(opts.token_capacity), principals_(opts.principal_capacity) {
+  if (m) {
+    hits_ = &m->cache_event("hit");
+    misses_ = &m->cache_event("miss");
+    evictions_ = &m->cache_event("eviction");
+    invalidations_ = &m->cache_event("invalidation");
+    skipped_ = &m->cache_event("insert_skipped");
+    token_entries_ = &m->cache_entries("token");
+    principal_entries_ = &m->cache_entries("principal");
+  }
+}
+
+std::string caches::token_key(std::string_view tenant, std::string_view connection) {
+  // Ids cannot contain a space, so the key is unambiguous.
+  return "t " + std::string(tenant) + " " + std::string(connection);
+}
+
+std::string caches::principal_key(std::string_view key_hash) {
+  return "k " + std::string(key_hash);
+}
+
+std::optional<cached_token> caches::get_token(const std::string& key) {
+  if (!opts_.enabled || !state_.up()) return std::nullopt;
+  auto v = tokens_.get(key);
+  if (v && hits_) hits_->Increment();
+  if (!v && misses_) misses_->Increment();
+  return v;
+}
+
+void caches::put_token(const std::string& key, const coherence::ticket& t, cached_token v) {
+  if (!opts_.enabled) return;
+  if (!state_.still_valid(t)) {
+    if (skipped_) skipped_->Increment();
+    return;
+  }
+  auto evicted = tokens_.put(key, std::move(v));
+  // A change may have landed between the check and the put: re-check and undo if so.
+  if (!state_.still_valid(t)) tokens_.erase(key);
+  if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
+  if (token_entries_) token_entries_->Set(static_cast<double>(tokens_.size()));
+}
+
+std::optional<cached_principal> caches::get_principal(const std::string& key) {
+  if (!opts_.enabled || !state_.up()) return std::nullopt;
+  auto v = principals_.get(key);
+  if (v && hits_) hits_->Increment();
+  if (!v && misses_) misses_->Increment();
+  return v;
+}
+
+void caches::put_principal(const std::string& key, const coherence::ticket& t,
+                           cached_principal v) {
+  if (!opts_.enabled) return;
+  if (!state_.still_valid(t)) {
+    if (skipped_) skipped_->Increment();
+    return;
+  }
+  auto evicted = principals_.put(key, std::move(v));
+  if (!state_.still_valid(t)) principals_.erase(key);
+  if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
+  if (principal_entries_) principal_entries_->Set(static_cast<double>(principals_.size()));
+}
+
+void caches::invalidate(const std::string& key) {
+  state_.touch(key);
+  bool dropped = key.rfind("t ", 0) == 0 ? tokens_.erase(key) : principals_.erase(key);
+  if (invalidations_) invalidations_->Increment();
+  (void)dropped;
+  if (token_entries_) token_entries_->Set(static_cast<double>(tokens_.size()));
+  if (principal_entries_) principal_entries_->Set(static_cast<double>(principals_.size()));
+}
+
+void caches::flush() {
+  state_.bump_epoch();
+  tokens_.clear();
+  principals_.clear();
+  if (token_entries_) token_entries_->Set(0);
+  if (principal_entries_) principal_entries_->Set(0);
+}
+
+}  // namespace tokend::cache
