@@ -193,3 +193,16 @@ nlohmann::json node_peer::control(const std::string& method, const std::string& 
 }
 
 }  // namespace tokend::test
+
+namespace tokend::test {
+
+double metric_value(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return 0;
+}
+
+}  // namespace tokend::test

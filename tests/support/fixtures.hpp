@@ -101,6 +101,9 @@ class node_peer {
   std::string address_;
 };
 
+// The value of one sample in Prometheus text (`name{labels}` exactly as printed), or 0.
+double metric_value(const std::string& metrics_text, const std::string& series);
+
 // Extracts "address":"host:port" from the log line whose msg is `msg`.
 std::string logged_address(const std::string& output, const std::string& msg);
 

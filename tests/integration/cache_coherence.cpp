@@ -1,0 +1,232 @@
+// The zero-SQL hot path and cross-instance coherence: caches filled only when no change can
+// have been missed, invalidated on every instance through LISTEN/NOTIFY within a second.
+#include <catch2/catch.hpp>
+#include <future>
+#include <pqxx/pqxx>
+
+#include "crypto/crypto.hpp"
+#include "crypto/token_seal.hpp"
+#include "store/repository.hpp"
+#include "support/fixtures.hpp"
+
+using namespace tokend::test;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string kPast = "2020-01-01T00:00:00Z";
+
+struct pair_rig {
+  node_peer fake{"fake-token-endpoint.mjs"};
+  scratch_database db;
+  std::unique_ptr<tokend_process> a, b;
+  std::string key;
+
+  explicit pair_rig(std::map<std::string, std::string> b_env = {}) {
+    a = std::make_unique<tokend_process>(db.url(), std::map<std::string, std::string>{
+                                                       {"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}});
+    b_env.emplace("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1");
+    b = std::make_unique<tokend_process>(db.url(), b_env);
+    key = a->tenant_key("acme");
+    REQUIRE(a->call("PUT", "/v1/providers/idp", key,
+                    json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+                         {"token_url", fake.url("/token")}})
+                .status == 201);
+  }
+  void import(const std::string& id, const std::string& access, tokend_process& via) {
+    auto r = via.call("PUT", "/v1/connections/" + id, key,
+                      json{{"provider", "idp"}, {"access_token", access}, {"refresh_token", "rt-" + id},
+                           {"expires_in", 3600}});
+    REQUIRE(r.status < 300);
+  }
+  http_reply get(tokend_process& via, const std::string& id, const std::string& k = "") {
+    return via.call("GET", "/v1/tokens/" + id, k.empty() ? key : k);
+  }
+  double metric(tokend_process& via, const std::string& series) {
+    return metric_value(via.get("/metrics").body, series);
+  }
+};
+
+int listener_pid(const std::string& url) {
+  pqxx::connection c(url);
+  pqxx::read_transaction tx(c);
+  auto r = tx.exec("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+                   "application_name = 'tokend-listener' ORDER BY backend_start");
+  return r.empty() ? 0 : r[0][0].as<int>();
+}
+
+}  // namespace
+
+TEST_CASE("a fresh-token GET from the cache executes no SQL", "[cache_coherence]") {
+  pair_rig r;
+  r.import("c1", "at-1", *r.a);
+  REQUIRE(r.get(*r.a, "c1").status == 200);  // miss: read, decrypt, cache
+  const auto statements = r.metric(*r.a, "tokend_sql_statements_total{origin=\"request\"}");
+  const auto jobs = r.metric(*r.a, "tokend_db_jobs_total{origin=\"request\"}");
+  const auto hits = r.metric(*r.a, "tokend_cache_events_total{kind=\"hit\"}");
+  for (int i = 0; i < 20; ++i) {
+    auto res = r.get(*r.a, "c1");
+    REQUIRE(res.status == 200);
+    CHECK(res.json()["access_token"] == "at-1");
+  }
+  CHECK(r.metric(*r.a, "tokend_sql_statements_total{origin=\"request\"}") == statements);
+  CHECK(r.metric(*r.a, "tokend_db_jobs_total{origin=\"request\"}") == jobs);
+  CHECK(r.metric(*r.a, "tokend_cache_events_total{kind=\"hit\"}") >= hits + 40);  // key + token
+  CHECK(statements > 0);  // the counters do count the uncached path
+}
+
+TEST_CASE("changes on instance A reach instance B's caches within a second", "[cache_coherence]") {
+  pair_rig r;
+  r.import("c1", "at-1", *r.a);
+  REQUIRE(r.get(*r.b, "c1").json()["access_token"] == "at-1");  // cached on B
+  REQUIRE(r.get(*r.b, "c1").json()["access_token"] == "at-1");
+
+  SECTION("refresh") {
+    auto fr = r.a->call("POST", "/v1/tokens/c1/refresh", r.key, std::string("{}"));
+    REQUIRE(fr.status == 200);
+    const auto fresh = fr.json()["access_token"].get<std::string>();
+    CHECK(eventually([&] { return r.get(*r.b, "c1").json()["access_token"] == fresh; }, 1s));
+  }
+  SECTION("import of a new version") {
+    r.import("c1", "at-2", *r.a);
+    CHECK(eventually([&] { return r.get(*r.b, "c1").json()["access_token"] == "at-2"; }, 1s));
+  }
+  SECTION("delete") {
+    REQUIRE(r.a->call("DELETE", "/v1/connections/c1", r.key).status == 204);
+    CHECK(eventually([&] { return r.get(*r.b, "c1").status == 404; }, 1s));
+  }
+  SECTION("needs_reauth") {
+    r.fake.control("POST", "/control/script",
+                   json{{"steps", {{{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}}});
+    REQUIRE(r.a->call("POST", "/v1/tokens/c1/refresh", r.key, json{{"if_token_version", 1}}).status == 409);
+    CHECK(eventually([&] { return r.get(*r.b, "c1").status == 409; }, 1s));
+  }
+  SECTION("key revocation") {
+    auto k2 = r.a->call("POST", "/v1/tenants/acme/api-keys", kTestAdminToken,
+                        json{{"name", "k2"}, {"scopes", {"tokens:read"}}}).json();
+    const auto secret = k2["key"].get<std::string>();
+    REQUIRE(r.get(*r.b, "c1", secret).status == 200);  // principal cached on B
+    REQUIRE(r.get(*r.b, "c1", secret).status == 200);
+    REQUIRE(r.a->call("DELETE", "/v1/tenants/acme/api-keys/" + k2["id"].get<std::string>(),
+                      kTestAdminToken).status == 204);
+    CHECK(eventually([&] { return r.get(*r.b, "c1", secret).status == 401; }, 1s));
+  }
+}
+
+TEST_CASE("a terminated listener reconnects, flushes, and caching resumes", "[cache_coherence]") {
+  pair_rig r;
+  r.import("c1", "at-1", *r.a);
+  REQUIRE(r.get(*r.b, "c1").json()["access_token"] == "at-1");
+  REQUIRE(r.get(*r.b, "c1").json()["access_token"] == "at-1");
+  const auto reconnects = r.metric(*r.b, "tokend_listener_reconnects_total");
+  // Two listeners (A's and B's) exist; terminate them all so B's is surely among them.
+  {
+    pqxx::connection c(r.db.url());
+    pqxx::nontransaction tx(c);
+    tx.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND application_name = 'tokend-listener'");
+  }
+  r.import("c1", "at-2", *r.a);
+  CHECK(eventually([&] { return r.get(*r.b, "c1").json()["access_token"] == "at-2"; }, 1s));
+  REQUIRE(eventually([&] { return r.metric(*r.b, "tokend_listener_reconnects_total") > reconnects; }, 5s));
+  // After the reconnect the old state is never served, and the cache is used again.
+  for (int i = 0; i < 5; ++i) CHECK(r.get(*r.b, "c1").json()["access_token"] == "at-2");
+  const auto hits = r.metric(*r.b, "tokend_cache_events_total{kind=\"hit\"}");
+  CHECK(r.get(*r.b, "c1").json()["access_token"] == "at-2");
+  CHECK(r.metric(*r.b, "tokend_cache_events_total{kind=\"hit\"}") > hits);
+  CHECK(listener_pid(r.db.url()) != 0);
+}
+
+TEST_CASE("a read delayed past a notification for its key never caches the old state",
+          "[cache_coherence]") {
+  // B waits 1.5 s between its database read and the cache insert; the change lands inside.
+  pair_rig r(std::map<std::string, std::string>{{"TOKEND_TEST_CACHE_INSERT_DELAY_MS", "1500"}});
+  r.import("c1", "at-1", *r.a);
+  REQUIRE(r.b->call("GET", "/v1/connections", r.key).status == 200);  // B caches the principal
+
+  auto delayed_get = [&](const std::string& id) {
+    return std::async(std::launch::async, [&r, id] { return r.get(*r.b, id); });
+  };
+  SECTION("new version") {
+    auto pending = delayed_get("c1");
+    std::this_thread::sleep_for(400ms);
+    r.import("c1", "at-2", *r.a);
+    CHECK(pending.get().json()["access_token"] == "at-1");  // read before the change
+    CHECK(r.get(*r.b, "c1").json()["access_token"] == "at-2");
+  }
+  SECTION("delete") {
+    auto pending = delayed_get("c1");
+    std::this_thread::sleep_for(400ms);
+    REQUIRE(r.a->call("DELETE", "/v1/connections/c1", r.key).status == 204);
+    pending.get();
+    CHECK(r.get(*r.b, "c1").status == 404);
+  }
+  SECTION("needs_reauth") {
+    auto pending = delayed_get("c1");
+    std::this_thread::sleep_for(400ms);
+    r.fake.control("POST", "/control/script",
+                   json{{"steps", {{{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}}});
+    REQUIRE(r.a->call("POST", "/v1/tokens/c1/refresh", r.key, json{{"if_token_version", 1}}).status == 409);
+    pending.get();
+    CHECK(r.get(*r.b, "c1").status == 409);
+  }
+  SECTION("key revocation") {
+    auto k2 = r.a->call("POST", "/v1/tenants/acme/api-keys", kTestAdminToken,
+                        json{{"name", "k2"}, {"scopes", {"connections:read"}}}).json();
+    const auto secret = k2["key"].get<std::string>();
+    auto pending = std::async(std::launch::async, [&] { return r.b->call("GET", "/v1/connections", secret); });
+    std::this_thread::sleep_for(400ms);
+    REQUIRE(r.a->call("DELETE", "/v1/tenants/acme/api-keys/" + k2["id"].get<std::string>(),
+                      kTestAdminToken).status == 204);
+    CHECK(pending.get().status == 200);  // authenticated before the revocation
+    CHECK(r.b->call("GET", "/v1/connections", secret).status == 401);
+  }
+}
+
+TEST_CASE("the token cache stays within its bound", "[cache_coherence]") {
+  scratch_database db;
+  tokend_process t(db.url(), {{"TOKEND_TOKEN_CACHE_SIZE", "1000"}});
+  auto key = t.tenant_key("acme");
+  REQUIRE(t.call("PUT", "/v1/providers/idp", key,
+                 json{{"type", "oauth2"}, {"client_id", "c"}, {"token_url", "https://x.example/t"},
+                      {"token_endpoint_auth_method", "none"}}).status == 201);
+  constexpr int kConnections = 10000;
+  {
+    // Seed in bulk, sealed exactly as tokend seals them.
+    tokend::crypto::keyring kr({{"test1", *tokend::crypto::base64_decode(kTestMasterKeyB64)}});
+    pqxx::connection c(db.url());
+    pqxx::work tx(c);
+    const auto now = tokend::wall_clock().now();
+    for (int i = 0; i < kConnections; ++i) {
+      tokend::connection_record rec;
+      rec.tenant_id = "acme";
+      rec.id = "c" + std::to_string(i);
+      rec.provider_id = "idp";
+      rec.row_id = tokend::store::next_connection_row_id(tx);
+      tokend::token_set ts;
+      ts.access_token = "at-" + std::to_string(i);
+      ts.refresh_token = "rt-" + std::to_string(i);
+      rec.sealed = tokend::crypto::seal_tokens(kr, "acme", rec.id, rec.row_id, 1, ts);
+      rec.access_expires_at = now + std::chrono::seconds(3600);
+      rec.access_lifetime = 3600;
+      tokend::store::insert_connection(tx, rec);
+    }
+    tx.commit();
+  }
+  std::atomic<int> next{0}, ok{0};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 16; ++w) {
+    workers.emplace_back([&] {
+      for (int i = next++; i < kConnections; i = next++) {
+        if (t.call("GET", "/v1/tokens/c" + std::to_string(i), key).status == 200) ++ok;
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  CHECK(ok == kConnections);
+  auto m = t.get("/metrics").body;
+  CHECK(metric_value(m, "tokend_cache_entries{cache=\"token\"}") <= 1000);
+  CHECK(metric_value(m, "tokend_cache_entries{cache=\"token\"}") >= 900);
+  CHECK(metric_value(m, "tokend_cache_events_total{kind=\"eviction\"}") >= kConnections - 1000);
+}
