@@ -34,6 +34,7 @@ http::completion_hook access_log(observability::metrics& m) {
   return [&m](const http::request& req, const http::response& res,
               std::chrono::duration<double> took) {
     m.observe_request(req.method, req.route, res.status, took.count());
+    if (!log::enabled(log::level::info)) return;  // skip building the fields at all
     log::write(log::level::info, "request",
                {{"method", req.method},
                 {"route", req.route},
@@ -112,13 +113,13 @@ int serve(const config& c) {
   std::unique_ptr<http::server> metrics_server;
   try {
     auto addr = api_server.listen(c.listen_host, c.listen_port);
-    log::write(log::level::info, "listening", {{"address", addr}, {"version", TOKEND_VERSION}});
+    log::announce("listening", {{"address", addr}, {"version", TOKEND_VERSION}});
     if (c.metrics_host) {
       api::register_metrics(metrics_routes, metrics);
       metrics_server =
           std::make_unique<http::server>(ioc, opts, metrics_routes, access_log(metrics));
       auto maddr = metrics_server->listen(*c.metrics_host, c.metrics_port);
-      log::write(log::level::info, "metrics listening", {{"address", maddr}});
+      log::announce("metrics listening", {{"address", maddr}});
     }
   } catch (const std::exception& e) {
     log::write(log::level::error, "cannot listen", {{"error", e.what()}});

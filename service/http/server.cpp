@@ -47,7 +47,31 @@ struct session_state {
   beast::tcp_stream* stream = nullptr;
   bool busy = false;
   bool alive = true;
+  // One watchdog timer per connection instead of a timer operation per read and write: the
+  // session moves `deadline`, and the watchdog, waking at the deadline it last saw, closes the
+  // socket only if the current one has passed (per-operation timers cost two timer-queue
+  // updates and a cross-thread wake-up per request).
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  asio::steady_timer* watchdog = nullptr;
 };
+
+asio::awaitable<void> watchdog(std::shared_ptr<session_state> st) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  st->watchdog = &timer;
+  while (st->alive) {
+    const auto now = std::chrono::steady_clock::now();
+    if (st->deadline <= now) {
+      boost::system::error_code ignored;
+      st->stream->socket().cancel(ignored);
+      st->stream->socket().shutdown(tcp::socket::shutdown_both, ignored);
+      break;
+    }
+    timer.expires_at(std::min(st->deadline, now + std::chrono::seconds(1)));
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  st->watchdog = nullptr;
+}
 
 }  // namespace
 
@@ -110,8 +134,9 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     return make_problem(errc::invalid_request, "malformed HTTP request", request_id);
   }
 
-  asio::awaitable<void> write_response(beast::tcp_stream& stream, const request& req,
-                                       response& res, unsigned version, bool keep_alive) {
+  asio::awaitable<void> write_response(beast::tcp_stream& stream, session_state& st,
+                                       const request& req, response& res, unsigned version,
+                                       bool keep_alive) {
     bhttp::response<bhttp::string_body> out{static_cast<bhttp::status>(res.status), version};
     out.set(bhttp::field::server, "tokend");
     if (!res.body.empty() || res.status != 204) {
@@ -123,7 +148,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     out.keep_alive(keep_alive);
     out.prepare_payload();
     if (req.method == "HEAD") out.content_length(out.body().size());
-    stream.expires_after(opts.write_timeout);
+    st.deadline = std::chrono::steady_clock::now() + opts.write_timeout;
     co_await bhttp::async_write(stream, out, asio::use_awaitable);
   }
 
@@ -136,6 +161,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
       if (stopping) co_return;
       sessions.insert(st);
     }
+    asio::co_spawn(stream.get_executor(), watchdog(st), asio::detached);
     std::string remote;
     {
       boost::system::error_code ec;
@@ -149,7 +175,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         boost::system::error_code ec;
         if (buffer.size() == 0) {
           // Waiting for the next request: idle timeout (read timeout for the first one).
-          stream.expires_after(first ? opts.read_timeout : opts.idle_timeout);
+          st->deadline = std::chrono::steady_clock::now() +
+                         (first ? opts.read_timeout : opts.idle_timeout);
           auto n = co_await stream.async_read_some(buffer.prepare(4096),
                                                    asio::redirect_error(asio::use_awaitable, ec));
           if (ec) break;  // closed, timed out or shut down: nothing half-read to answer
@@ -160,9 +187,16 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         bhttp::request_parser<bhttp::string_body> parser;
         parser.header_limit(static_cast<std::uint32_t>(opts.header_limit));
         parser.body_limit(opts.body_limit);
-        stream.expires_after(opts.read_timeout);
-        co_await bhttp::async_read(stream, buffer, parser,
-                                   asio::redirect_error(asio::use_awaitable, ec));
+        st->deadline = std::chrono::steady_clock::now() + opts.read_timeout;
+        // Parse what has arrived already; usually that is the whole request, and no further
+        // asynchronous read (with its immediate-completion post) is needed.
+        parser.eager(true);
+        buffer.consume(parser.put(buffer.data(), ec));
+        if (ec == bhttp::error::need_more) ec = {};
+        if (!ec && !parser.is_done()) {
+          co_await bhttp::async_read(stream, buffer, parser,
+                                     asio::redirect_error(asio::use_awaitable, ec));
+        }
         request req;
         req.received_at = std::chrono::steady_clock::now();
         req.deadline = req.received_at + opts.request_timeout;
@@ -186,7 +220,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
           }
           auto res = to_problem_for_parse_error(ec, req.request_id);
           ++active;
-          co_await write_response(stream, req, res, 11, false);
+          co_await write_response(stream, *st, req, res, 11, false);
           --active;
           finish(req, res);
           break;
@@ -208,7 +242,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         response res = co_await routes.dispatch(req);
         const bool keep = msg.keep_alive() && !res.close && !stopping;
         try {
-          co_await write_response(stream, req, res, msg.version(), keep);
+          co_await write_response(stream, *st, req, res, msg.version(), keep);
         } catch (...) {
           --active;
           finish(req, res);
@@ -225,6 +259,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
       }
     }
     st->alive = false;
+    if (st->watchdog) st->watchdog->cancel();
     {
       std::lock_guard lk(mu);
       sessions.erase(st);

@@ -122,4 +122,15 @@ void write(level l, std::string_view msg, const nlohmann::json& fields,
 
 void write(level l, std::string_view msg) { write(l, msg, nlohmann::json::object()); }
 
+void announce(std::string_view msg, const nlohmann::json& fields) {
+  auto& g = global();
+  if (g.min == level::off) return;
+  const auto line = render(level::info, msg, fields, {});
+  if (g.logger) {
+    g.logger->info(line);
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+
 }  // namespace tokend::log

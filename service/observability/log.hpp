@@ -27,5 +27,8 @@ std::string render(level l, std::string_view msg, const nlohmann::json& fields,
 void write(level l, std::string_view msg, const nlohmann::json& fields,
            std::string_view request_id = {});
 void write(level l, std::string_view msg);
+// Start-up facts operators and scripts rely on (the bound address): written at level info
+// whatever TOKEND_LOG_LEVEL says, unless it is `off`.
+void announce(std::string_view msg, const nlohmann::json& fields);
 
 }  // namespace tokend::log

@@ -6,9 +6,15 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <mutex>
+#include <unordered_map>
+
 namespace tokend::observability {
 
 struct metrics::impl {
+  std::mutex series_mu;  // guards request_series
+  std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>>
+      request_series;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   prometheus::Family<prometheus::Counter>& requests =
       prometheus::BuildCounter()
@@ -103,12 +109,28 @@ void metrics::observe_request(std::string_view method, std::string_view route, i
                               double seconds) {
   static const prometheus::Histogram::BucketBoundaries buckets = {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
-  impl_->requests
-      .Add({{"method", std::string(method)},
-            {"route", std::string(route)},
-            {"status", std::to_string(status)}})
-      .Increment();
-  impl_->duration.Add({{"route", std::string(route)}}, buckets).Observe(seconds);
+  // Family::Add builds and hashes a label map each time; remember the series per
+  // (method, route, status) instead. Few distinct keys exist (route templates, not paths).
+  std::string key;
+  key.reserve(method.size() + route.size() + 8);
+  key.append(method).push_back('\0');
+  key.append(route).push_back('\0');
+  key.append(std::to_string(status));
+  std::pair<prometheus::Counter*, prometheus::Histogram*> series;
+  {
+    std::lock_guard lk(impl_->series_mu);
+    auto it = impl_->request_series.find(key);
+    if (it == impl_->request_series.end()) {
+      auto& counter = impl_->requests.Add({{"method", std::string(method)},
+                                           {"route", std::string(route)},
+                                           {"status", std::to_string(status)}});
+      auto& histogram = impl_->duration.Add({{"route", std::string(route)}}, buckets);
+      it = impl_->request_series.emplace(key, std::pair{&counter, &histogram}).first;
+    }
+    series = it->second;
+  }
+  series.first->Increment();
+  series.second->Observe(seconds);
 }
 
 prometheus::Gauge& metrics::pool_in_use(std::string_view pool) {
