@@ -14,19 +14,55 @@ namespace asio = boost::asio;
 namespace tokend::api {
 namespace {
 
+// Appends `v` as a JSON string (RFC 8259 escaping).
+void append_json_string(std::string& out, std::string_view v) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out.push_back('"');
+  for (unsigned char ch : v) {
+    switch (ch) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (ch < 0x20) {
+          out += "\\u00";
+          out.push_back(hex[ch >> 4]);
+          out.push_back(hex[ch & 0xf]);
+        } else {
+          out.push_back(static_cast<char>(ch));
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+// Written by hand rather than through nlohmann::json: this is the hot path's only response.
 http::response token_reply(const refresh::token_answer& a, sys_time now) {
   const auto& c = a.conn;
   const auto left =
       std::chrono::duration_cast<std::chrono::seconds>(c.access_expires_at - now).count();
-  nlohmann::json j = {{"connection", c.id},
-                      {"access_token", a.access_token},
-                      {"token_type", c.token_type},
-                      {"expires_at", format_rfc3339(c.access_expires_at)},
-                      {"expires_in", std::max<long long>(0, left)},
-                      {"scope", c.scope ? nlohmann::json(*c.scope) : nlohmann::json(nullptr)},
-                      {"token_version", c.token_version}};
-  if (a.deferred) j["refresh_deferred"] = true;
-  auto res = json_reply(200, j);
+  std::string body;
+  body.reserve(160 + a.access_token.size());
+  body += "{\"connection\":";
+  append_json_string(body, c.id);
+  body += ",\"access_token\":";
+  append_json_string(body, a.access_token);
+  body += ",\"token_type\":";
+  append_json_string(body, c.token_type);
+  body += ",\"expires_at\":\"" + format_rfc3339(c.access_expires_at) + "\"";
+  body += ",\"expires_in\":" + std::to_string(std::max<long long>(0, left));
+  body += ",\"scope\":";
+  if (c.scope) {
+    append_json_string(body, *c.scope);
+  } else {
+    body += "null";
+  }
+  body += ",\"token_version\":" + std::to_string(c.token_version);
+  if (a.deferred) body += ",\"refresh_deferred\":true";
+  body += "}";
+  auto res = http::json_response(200, std::move(body));
   res.set_header("Cache-Control", "no-store");
   res.set_header("Pragma", "no-cache");
   return res;

@@ -52,12 +52,12 @@ std::string caches::principal_key(std::string_view key_hash) {
   return "k " + std::string(key_hash);
 }
 
-std::optional<cached_token> caches::get_token(const std::string& key) {
-  if (!opts_.enabled || !state_.up()) return std::nullopt;
+std::shared_ptr<const cached_token> caches::get_token(const std::string& key) {
+  if (!opts_.enabled || !state_.up()) return nullptr;
   auto v = tokens_.get(key);
   if (v && hits_) hits_->Increment();
   if (!v && misses_) misses_->Increment();
-  return v;
+  return v ? std::move(*v) : nullptr;
 }
 
 void caches::put_token(const std::string& key, const coherence::ticket& t, cached_token v) {
@@ -66,19 +66,19 @@ void caches::put_token(const std::string& key, const coherence::ticket& t, cache
     if (skipped_) skipped_->Increment();
     return;
   }
-  auto evicted = tokens_.put(key, std::move(v));
+  auto evicted = tokens_.put(key, std::make_shared<const cached_token>(std::move(v)));
   // A change may have landed between the check and the put: re-check and undo if so.
   if (!state_.still_valid(t)) tokens_.erase(key);
   if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
   if (token_entries_) token_entries_->Set(static_cast<double>(tokens_.size()));
 }
 
-std::optional<cached_principal> caches::get_principal(const std::string& key) {
-  if (!opts_.enabled || !state_.up()) return std::nullopt;
+std::shared_ptr<const cached_principal> caches::get_principal(const std::string& key) {
+  if (!opts_.enabled || !state_.up()) return nullptr;
   auto v = principals_.get(key);
   if (v && hits_) hits_->Increment();
   if (!v && misses_) misses_->Increment();
-  return v;
+  return v ? std::move(*v) : nullptr;
 }
 
 void caches::put_principal(const std::string& key, const coherence::ticket& t,
@@ -88,7 +88,7 @@ void caches::put_principal(const std::string& key, const coherence::ticket& t,
     if (skipped_) skipped_->Increment();
     return;
   }
-  auto evicted = principals_.put(key, std::move(v));
+  auto evicted = principals_.put(key, std::make_shared<const cached_principal>(std::move(v)));
   if (!state_.still_valid(t)) principals_.erase(key);
   if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
   if (principal_entries_) principal_entries_->Set(static_cast<double>(principals_.size()));

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <list>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -149,9 +150,10 @@ class caches {
   const cache_options& options() const { return opts_; }
   coherence& state() { return state_; }
 
-  std::optional<cached_token> get_token(const std::string& key);
+  // Entries are immutable and shared, so a hit copies a pointer, not the strings.
+  std::shared_ptr<const cached_token> get_token(const std::string& key);
   void put_token(const std::string& key, const coherence::ticket& t, cached_token v);
-  std::optional<cached_principal> get_principal(const std::string& key);
+  std::shared_ptr<const cached_principal> get_principal(const std::string& key);
   void put_principal(const std::string& key, const coherence::ticket& t, cached_principal v);
 
   // A change to `key` (local or notified): drop the entry, invalidate outstanding tickets.
@@ -162,8 +164,8 @@ class caches {
  private:
   cache_options opts_;
   coherence state_;
-  lru<cached_token> tokens_;
-  lru<cached_principal> principals_;
+  lru<std::shared_ptr<const cached_token>> tokens_;
+  lru<std::shared_ptr<const cached_principal>> principals_;
   prometheus::Counter* hits_ = nullptr;
   prometheus::Counter* misses_ = nullptr;
   prometheus::Counter* evictions_ = nullptr;

@@ -175,7 +175,7 @@ asio::awaitable<token_answer> engine::get(const caller& who, const std::string& 
       c.scope = hit->scope;
       c.access_expires_at = hit->expires_at;
       c.access_lifetime = hit->lifetime;
-      co_return token_answer{std::move(c), std::move(hit->access_token), false};
+      co_return token_answer{std::move(c), hit->access_token, false};
     }
   }
   const auto ticket = caches_.state().begin(key);

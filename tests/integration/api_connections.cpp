@@ -116,6 +116,21 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   CHECK(t.call("GET", "/v1/connections/cust-1/events", key).json()["items"].size() == 1);
 }
 
+TEST_CASE("tokens with JSON-special characters come back intact", "[api_connections]") {
+  scratch_database db;
+  tokend_process t(db.url());
+  auto key = setup(t);
+  const std::string odd = "a\"b\\c\nd\te\u00e9/\x01";
+  REQUIRE(t.call("PUT", "/v1/connections/odd", key,
+                 json{{"provider", "idp"}, {"access_token", odd}, {"scope", "s \"q\""}}).status == 201);
+  for (int i = 0; i < 2; ++i) {  // from the database, then from the cache
+    auto r = t.call("GET", "/v1/tokens/odd", key);
+    REQUIRE(r.status == 200);
+    CHECK(r.json()["access_token"] == odd);
+    CHECK(r.json()["scope"] == "s \"q\"");
+  }
+}
+
 TEST_CASE("connections: list with filters and an opaque cursor", "[api_connections]") {
   scratch_database db;
   tokend_process t(db.url());
