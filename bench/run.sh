@@ -4,6 +4,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/dev" build >/dev/null
+if ! command -v wrk >/dev/null 2>&1; then  # the hot-path benchmark's load generator
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
 build_dir=${TOKEND_BUILD_DIR:-$root/build/release}
 pgdir=$(mktemp -d /tmp/tokend-bench-pg.XXXXXX)
 trap '"$root/scripts/pg" destroy "$pgdir" >/dev/null 2>&1 || true' EXIT

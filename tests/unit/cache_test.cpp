@@ -1,0 +1,59 @@
+#include <catch2/catch.hpp>
+
+#include "cache/caches.hpp"
+
+using namespace tokend::cache;
+
+TEST_CASE("lru keeps its bound and evicts the least recently used", "[cache]") {
+  lru<int> c(3);
+  CHECK(c.put("a", 1) == 0);
+  c.put("b", 2);
+  c.put("c", 3);
+  CHECK(c.get("a") == std::optional<int>(1));  // a is now most recent
+  CHECK(c.put("d", 4) == 1);                    // evicts b
+  CHECK(!c.get("b"));
+  CHECK(c.size() == 3);
+  CHECK(c.erase("a"));
+  CHECK(!c.erase("a"));
+  c.clear();
+  CHECK(c.size() == 0);
+}
+
+TEST_CASE("an insert is allowed only if nothing happened since the read began", "[cache]") {
+  caches c({.enabled = true, .token_capacity = 10, .principal_capacity = 10}, nullptr);
+  const auto key = caches::token_key("t", "c1");
+  cached_token v{1, "at", "Bearer", std::nullopt, tokend::sys_time{}, 3600};
+
+  auto down = c.state().begin(key);  // listener not up yet
+  c.put_token(key, down, v);
+  c.state().set_up(true);
+  CHECK(!c.get_token(key));  // a read that began while the listener was down never caches
+
+  auto t1 = c.state().begin(key);
+  c.invalidate(key);  // a notification for this key arrived during the read
+  c.put_token(key, t1, v);
+  CHECK(!c.get_token(key));
+
+  auto t2 = c.state().begin(key);
+  c.flush();  // the listener reconnected during the read
+  c.put_token(key, t2, v);
+  CHECK(!c.get_token(key));
+
+  auto t3 = c.state().begin(key);
+  c.invalidate(caches::token_key("t", "other-key-in-another-stripe-probably"));
+  c.put_token(key, t3, v);
+  auto hit = c.get_token(key);
+  REQUIRE(hit);
+  CHECK(hit->access_token == "at");
+
+  c.state().set_up(false);  // listener down: caches are bypassed
+  CHECK(!c.get_token(key));
+}
+
+TEST_CASE("disabled caches never store", "[cache]") {
+  caches c({.enabled = false}, nullptr);
+  c.state().set_up(true);
+  const auto key = caches::principal_key("abc");
+  c.put_principal(key, c.state().begin(key), {"t", "k", {"tokens:read"}, std::nullopt});
+  CHECK(!c.get_principal(key));
+}
