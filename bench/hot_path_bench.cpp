@@ -117,27 +117,7 @@ TEST_CASE("memory: RSS of one instance with 100,000 cached tokens", "[.bench][rs
   tokend_process t(db.url(), {{"TOKEND_LOG_LEVEL", "warn"}, {"TOKEND_TOKEN_CACHE_SIZE", "200000"}});
   auto key = seed_provider(t);
   const std::string token_body(40, 't');  // 40-byte access tokens + the id
-  {
-    tokend::crypto::keyring kr({{"test1", *tokend::crypto::base64_decode(kTestMasterKeyB64)}});
-    pqxx::connection c(db.url());
-    pqxx::work tx(c);
-    const auto now = tokend::wall_clock().now();
-    for (int i = 0; i < kConnections; ++i) {
-      tokend::connection_record rec;
-      rec.tenant_id = "acme";
-      rec.id = "c" + std::to_string(i);
-      rec.provider_id = "idp";
-      rec.row_id = tokend::store::next_connection_row_id(tx);
-      tokend::token_set ts;
-      ts.access_token = token_body;
-      ts.refresh_token = "r";
-      rec.sealed = tokend::crypto::seal_tokens(kr, "acme", rec.id, rec.row_id, 1, ts);
-      rec.access_expires_at = now + std::chrono::seconds(3600);
-      rec.access_lifetime = 3600;
-      tokend::store::insert_connection(tx, rec);
-    }
-    tx.commit();
-  }
+  seed_connections(db.url(), "acme", "idp", kConnections, [&](int) { return token_body; });
   REQUIRE(t.call("GET", "/v1/tokens/c0", key).status == 200);  // principal cached, pools warm
   const long before = rss_kib(t.process().pid());
   std::atomic<int> next{1}, ok{1};

@@ -33,15 +33,9 @@ asio::awaitable<http::response> create_tenant(context& ctx, http::request& req) 
   co_return json_reply(201, tenant_view(*created));
 }
 
-std::string tenant_param(const http::request& req) {
-  const auto& t = req.param("tenant");
-  require_id(t, "tenant");
-  return t;
-}
-
 asio::awaitable<http::response> create_key(context& ctx, http::request& req) {
   require_admin(co_await authenticate(ctx, req));
-  auto tenant = tenant_param(req);
+  auto tenant = path_id(req, "tenant");
   auto body = body_reader::parse(req.body);
   api_key_record k;
   k.tenant_id = tenant;
@@ -82,7 +76,7 @@ asio::awaitable<http::response> create_key(context& ctx, http::request& req) {
 
 asio::awaitable<http::response> list_keys(context& ctx, http::request& req) {
   require_admin(co_await authenticate(ctx, req));
-  auto tenant = tenant_param(req);
+  auto tenant = path_id(req, "tenant");
   auto keys = co_await in_tx(ctx, req, [&](pqxx::work& tx) -> std::optional<std::vector<api_key_record>> {
     if (!store::tenant_exists(tx, tenant)) return std::nullopt;
     return store::list_api_keys(tx, tenant);
@@ -95,9 +89,8 @@ asio::awaitable<http::response> list_keys(context& ctx, http::request& req) {
 
 asio::awaitable<http::response> revoke_key(context& ctx, http::request& req) {
   require_admin(co_await authenticate(ctx, req));
-  auto tenant = tenant_param(req);
-  const auto& id = req.param("id");
-  require_id(id, "id");
+  auto tenant = path_id(req, "tenant");
+  const auto& id = path_id(req, "id");
   auto hash = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
     auto h = store::revoke_api_key(tx, tenant, id);
     if (h) store::notify_change(tx, cache::caches::principal_key(crypto::hex(*h)));

@@ -21,16 +21,10 @@ namespace {
 constexpr std::size_t kMaxToken = 8192;
 constexpr std::size_t kMaxMetadata = 16 * 1024;
 
-std::string connection_param(const http::request& req) {
-  const auto& id = req.param("connection");
-  require_id(id, "connection");
-  return id;
-}
-
 asio::awaitable<http::response> put_connection(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:write");
-  const auto id = connection_param(req);
+  const auto id = path_id(req, "connection");
 
   auto body = body_reader::parse(req.body);
   auto provider_id = *body.string("provider", 128, true);
@@ -124,7 +118,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
 asio::awaitable<http::response> get_connection(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:read");
-  const auto id = connection_param(req);
+  const auto id = path_id(req, "connection");
   auto c = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
     return store::get_connection(tx, who.tenant_id, id);
   });
@@ -172,7 +166,7 @@ asio::awaitable<http::response> list_connections(context& ctx, http::request& re
 asio::awaitable<http::response> delete_connection(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:write");
-  const auto id = connection_param(req);
+  const auto id = path_id(req, "connection");
   bool found = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
     bool deleted = store::delete_connection(tx, who.tenant_id, id);
     if (deleted) store::notify_change(tx, cache::caches::token_key(who.tenant_id, id));
@@ -188,7 +182,7 @@ asio::awaitable<http::response> delete_connection(context& ctx, http::request& r
 asio::awaitable<http::response> list_events(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:read");
-  const auto id = connection_param(req);
+  const auto id = path_id(req, "connection");
   const int limit = static_cast<int>(int_param(req.query_param("limit"), "limit", 1, 500, 50));
   auto events = co_await in_tx(ctx, req, [&](pqxx::work& tx) -> std::optional<std::vector<event_record>> {
     auto c = store::get_connection(tx, who.tenant_id, id);

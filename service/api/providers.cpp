@@ -29,8 +29,7 @@ std::optional<std::string> url_field(body_reader& body, const char* name, bool i
 asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:write");
-  const auto& id = req.param("provider");
-  require_id(id, "provider");
+  const auto& id = path_id(req, "provider");
   const bool insecure = ctx.cfg.allow_insecure_provider_urls;
 
   auto body = body_reader::parse(req.body);
@@ -113,8 +112,7 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
 asio::awaitable<http::response> get_provider(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:read");
-  const auto& id = req.param("provider");
-  require_id(id, "provider");
+  const auto& id = path_id(req, "provider");
   auto p = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
     return store::get_provider(tx, who.tenant_id, id);
   });

@@ -68,16 +68,10 @@ http::response token_reply(const refresh::token_answer& a, sys_time now) {
   return res;
 }
 
-const std::string& connection_param(const http::request& req) {
-  const auto& id = req.param("connection");
-  require_id(id, "connection");
-  return id;
-}
-
 asio::awaitable<http::response> get_token(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "tokens:read");
-  const auto& id = connection_param(req);
+  const auto& id = path_id(req, "connection");
   const auto min_ttl = int_param(req.query_param("min_ttl"), "min_ttl", 0, 3300, 300);
   // A named caller: g++ 12 mishandles brace-initialized temporaries bound to reference
   // parameters of a coroutine inside co_await (the temporary is destroyed twice).
@@ -89,7 +83,7 @@ asio::awaitable<http::response> get_token(context& ctx, http::request& req) {
 asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "tokens:read");
-  const auto& id = connection_param(req);
+  const auto& id = path_id(req, "connection");
   auto body = body_reader::parse(req.body, true);
   auto if_version =
       body.integer("if_token_version", 1, std::numeric_limits<long long>::max());

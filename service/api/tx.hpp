@@ -5,6 +5,7 @@
 #include <pqxx/pqxx>
 
 #include "api/context.hpp"
+#include "core/validate.hpp"
 #include "http/message.hpp"
 #include "store/db_pool.hpp"
 
@@ -27,6 +28,13 @@ auto in_tx(context& ctx, const http::request& req, F f)
       return out;
     }
   });
+}
+
+// A path parameter that must be a valid id (400 naming the parameter otherwise).
+inline const std::string& path_id(const http::request& req, std::string_view name) {
+  const auto& id = req.param(name);
+  require_id(id, name);
+  return id;
 }
 
 inline http::response json_reply(int status, const nlohmann::json& j) {

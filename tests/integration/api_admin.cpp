@@ -7,18 +7,6 @@ using namespace tokend::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-namespace {
-
-void check_invalid(const http_reply& r, const std::string& field) {
-  INFO(r.body);
-  CHECK(r.status == 400);
-  CHECK(r.header("content-type") == "application/problem+json");
-  CHECK(r.json()["code"] == "invalid_request");
-  if (!field.empty()) CHECK(r.json()["field"] == field);
-}
-
-}  // namespace
-
 TEST_CASE("tenants: create, conflict, validation, auth", "[api_admin]") {
   scratch_database db;
   tokend_process t(db.url());
@@ -34,15 +22,15 @@ TEST_CASE("tenants: create, conflict, validation, auth", "[api_admin]") {
   CHECK(r.status == 409);
   CHECK(r.json()["code"] == "conflict");
 
-  check_invalid(t.call("POST", "/v1/tenants", admin, json{{"id", "-bad"}, {"name", "x"}}), "/id");
-  check_invalid(t.call("POST", "/v1/tenants", admin, json{{"id", std::string(129, 'a')}, {"name", "x"}}), "/id");
-  check_invalid(t.call("POST", "/v1/tenants", admin, json{{"id", 5}, {"name", "x"}}), "/id");
-  check_invalid(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}}), "/name");
-  check_invalid(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", std::string(201, 'n')}}), "/name");
-  check_invalid(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", "x"}, {"extra", 1}}), "/extra");
-  check_invalid(t.call("POST", "/v1/tenants", admin, std::string("{\"id\": \"ok\",")), "");
-  check_invalid(t.call("POST", "/v1/tenants", admin, std::string("[1,2]")), "");
-  check_invalid(t.call("POST", "/v1/tenants", admin, std::string("")), "");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "-bad"}, {"name", "x"}}), "/id");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", std::string(129, 'a')}, {"name", "x"}}), "/id");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", 5}, {"name", "x"}}), "/id");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}}), "/name");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", std::string(201, 'n')}}), "/name");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", "x"}, {"extra", 1}}), "/extra");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, std::string("{\"id\": \"ok\",")), "");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, std::string("[1,2]")), "");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, std::string("")), "");
 
   CHECK(t.call("POST", "/v1/tenants", "", json{{"id", "x"}, {"name", "x"}}).status == 401);
   CHECK(t.call("POST", "/v1/tenants", "wrong-token", json{{"id", "x"}, {"name", "x"}}).status == 401);
@@ -110,15 +98,15 @@ TEST_CASE("api keys: shown once, listed without secrets, revoked and expired key
   CHECK(t.call("GET", "/v1/connections", short_key).status == 200);
   CHECK(eventually([&] { return t.call("GET", "/v1/connections", short_key).status == 401; }, 5s));
 
-  check_invalid(t.call("POST", "/v1/tenants/acme/api-keys", admin,
+  check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin,
                        json{{"name", "x"}, {"scopes", {"tokens:write"}}}), "/scopes/0");
-  check_invalid(t.call("POST", "/v1/tenants/acme/api-keys", admin, json{{"name", "x"}, {"scopes", json::array()}}), "/scopes");
-  check_invalid(t.call("POST", "/v1/tenants/acme/api-keys", admin, json{{"name", "x"}, {"scopes", "tokens:read"}}), "/scopes");
-  check_invalid(t.call("POST", "/v1/tenants/acme/api-keys", admin,
+  check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin, json{{"name", "x"}, {"scopes", json::array()}}), "/scopes");
+  check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin, json{{"name", "x"}, {"scopes", "tokens:read"}}), "/scopes");
+  check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin,
                        json{{"name", "x"}, {"scopes", {"tokens:read"}}, {"expires_at", "2001-01-01T00:00:00Z"}}), "/expires_at");
-  check_invalid(t.call("POST", "/v1/tenants/acme/api-keys", admin,
+  check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin,
                        json{{"name", "x"}, {"scopes", {"tokens:read"}}, {"expires_at", "tomorrow"}}), "/expires_at");
-  check_invalid(t.call("POST", "/v1/tenants/b%20ad/api-keys", admin, json{{"name", "x"}, {"scopes", {"tokens:read"}}}), "tenant");
+  check_invalid_request(t.call("POST", "/v1/tenants/b%20ad/api-keys", admin, json{{"name", "x"}, {"scopes", {"tokens:read"}}}), "tenant");
   // Nothing was written by the failed calls.
   CHECK(t.call("GET", "/v1/tenants/acme/api-keys", admin).json()["items"].size() == 2);
 }

@@ -11,17 +11,6 @@ using nlohmann::json;
 
 namespace {
 
-void check_invalid(const http_reply& r, const std::string& field) {
-  INFO(r.body);
-  CHECK(r.status == 400);
-  CHECK(r.json()["code"] == "invalid_request");
-  if (field.empty()) {
-    CHECK(!r.json().contains("field"));
-  } else {
-    CHECK(r.json()["field"] == field);
-  }
-}
-
 std::string setup(const tokend_process& t) {
   auto key = t.tenant_key("acme");
   REQUIRE(t.call("PUT", "/v1/providers/idp", key,
@@ -101,8 +90,8 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
     CHECK(items[0].contains(k));
   }
   CHECK(t.call("GET", "/v1/connections/cust-1/events?limit=1", key).json()["items"].size() == 1);
-  check_invalid(t.call("GET", "/v1/connections/cust-1/events?limit=0", key), "limit");
-  check_invalid(t.call("GET", "/v1/connections/cust-1/events?limit=501", key), "limit");
+  check_invalid_request(t.call("GET", "/v1/connections/cust-1/events?limit=0", key), "limit");
+  check_invalid_request(t.call("GET", "/v1/connections/cust-1/events?limit=501", key), "limit");
 
   CHECK(t.call("DELETE", "/v1/connections/cust-1", key).status == 204);
   CHECK(t.call("GET", "/v1/connections/cust-1", key).status == 404);
@@ -154,13 +143,13 @@ TEST_CASE("connections: list with filters and an opaque cursor", "[api_connectio
   CHECK(t.call("GET", "/v1/connections?status=active", key).json()["items"].size() == 7);
   CHECK(t.call("GET", "/v1/connections?status=needs_reauth", key).json()["items"].empty());
   CHECK(t.call("GET", "/v1/connections?provider=other", key).json()["items"].empty());
-  check_invalid(t.call("GET", "/v1/connections?limit=0", key), "limit");
-  check_invalid(t.call("GET", "/v1/connections?limit=501", key), "limit");
-  check_invalid(t.call("GET", "/v1/connections?limit=ten", key), "limit");
-  check_invalid(t.call("GET", "/v1/connections?status=dead", key), "status");
+  check_invalid_request(t.call("GET", "/v1/connections?limit=0", key), "limit");
+  check_invalid_request(t.call("GET", "/v1/connections?limit=501", key), "limit");
+  check_invalid_request(t.call("GET", "/v1/connections?limit=ten", key), "limit");
+  check_invalid_request(t.call("GET", "/v1/connections?status=dead", key), "status");
   CHECK(t.call("GET", "/v1/connections?cursor=%%%", key).status == 400);
-  check_invalid(t.call("GET", "/v1/connections?cursor=***", key), "cursor");
-  check_invalid(t.call("GET", "/v1/connections?cursor=Zm9v", key), "cursor");
+  check_invalid_request(t.call("GET", "/v1/connections?cursor=***", key), "cursor");
+  check_invalid_request(t.call("GET", "/v1/connections?cursor=Zm9v", key), "cursor");
 }
 
 TEST_CASE("connections: bad input is 400 naming the field and writes nothing", "[api_connections]") {
@@ -175,29 +164,29 @@ TEST_CASE("connections: bad input is 400 naming the field and writes nothing", "
     b[k] = std::move(v);
     return t.call("PUT", "/v1/connections/c1", key, b);
   };
-  check_invalid(with("provider", "unknown"), "/provider");
-  check_invalid(with("provider", "bad id!"), "/provider");
-  check_invalid(with("access_token", ""), "/access_token");
-  check_invalid(with("access_token", 12), "/access_token");
-  check_invalid(with("access_token", std::string(9000, 'a')), "/access_token");
-  check_invalid(with("refresh_token", json::array()), "/refresh_token");
-  check_invalid(with("expires_in", -5), "/expires_in");
-  check_invalid(with("expires_in", 1.5), "/expires_in");
-  check_invalid(with("expires_at", "yesterday"), "/expires_at");
-  check_invalid(with("expires_at", "2199-01-01T00:00:00Z"), "/expires_at");
-  check_invalid(with("metadata", "str"), "/metadata");
-  check_invalid(with("metadata", json{{"big", std::string(17 * 1024, 'x')}}), "/metadata");
-  check_invalid(with("if_token_version", 0), "/if_token_version");
-  check_invalid(with("unexpected", 1), "/unexpected");
+  check_invalid_request(with("provider", "unknown"), "/provider");
+  check_invalid_request(with("provider", "bad id!"), "/provider");
+  check_invalid_request(with("access_token", ""), "/access_token");
+  check_invalid_request(with("access_token", 12), "/access_token");
+  check_invalid_request(with("access_token", std::string(9000, 'a')), "/access_token");
+  check_invalid_request(with("refresh_token", json::array()), "/refresh_token");
+  check_invalid_request(with("expires_in", -5), "/expires_in");
+  check_invalid_request(with("expires_in", 1.5), "/expires_in");
+  check_invalid_request(with("expires_at", "yesterday"), "/expires_at");
+  check_invalid_request(with("expires_at", "2199-01-01T00:00:00Z"), "/expires_at");
+  check_invalid_request(with("metadata", "str"), "/metadata");
+  check_invalid_request(with("metadata", json{{"big", std::string(17 * 1024, 'x')}}), "/metadata");
+  check_invalid_request(with("if_token_version", 0), "/if_token_version");
+  check_invalid_request(with("unexpected", 1), "/unexpected");
   json both = ok;
   both["expires_in"] = 10;
   both["expires_at"] = "2030-01-01T00:00:00Z";
-  check_invalid(t.call("PUT", "/v1/connections/c1", key, both), "/expires_at");
+  check_invalid_request(t.call("PUT", "/v1/connections/c1", key, both), "/expires_at");
   json missing = ok;
   missing.erase("access_token");
-  check_invalid(t.call("PUT", "/v1/connections/c1", key, missing), "/access_token");
-  check_invalid(t.call("PUT", "/v1/connections/c1", key, std::string("{not json")), "");
-  check_invalid(t.call("PUT", "/v1/connections/bad%20id", key, ok), "connection");
+  check_invalid_request(t.call("PUT", "/v1/connections/c1", key, missing), "/access_token");
+  check_invalid_request(t.call("PUT", "/v1/connections/c1", key, std::string("{not json")), "");
+  check_invalid_request(t.call("PUT", "/v1/connections/bad%20id", key, ok), "connection");
   auto big = t.call("PUT", "/v1/connections/c1", key, std::string(70 * 1024, ' '));
   CHECK(big.status == 413);
 

@@ -6,17 +6,6 @@
 using namespace tokend::test;
 using nlohmann::json;
 
-namespace {
-
-void check_invalid(const http_reply& r, const std::string& field) {
-  INFO(r.body);
-  CHECK(r.status == 400);
-  CHECK(r.json()["code"] == "invalid_request");
-  CHECK(r.json()["field"] == field);
-}
-
-}  // namespace
-
 TEST_CASE("providers: airtable defaults, replace, secret handling", "[api_providers]") {
   scratch_database db;
   tokend_process t(db.url());
@@ -77,31 +66,31 @@ TEST_CASE("providers: bad input is 400 naming the field, nothing written", "[api
     b[k] = std::move(v);
     return t.call("PUT", "/v1/providers/p1", key, b);
   };
-  check_invalid(with("type", "saml"), "/type");
-  check_invalid(with("type", 3), "/type");
-  check_invalid(with("client_id", ""), "/client_id");
-  check_invalid(with("token_url", "http://idp.example.com/token"), "/token_url");
-  check_invalid(with("token_url", "not a url"), "/token_url");
-  check_invalid(with("authorize_url", "ftp://x/y"), "/authorize_url");
-  check_invalid(with("canary_url", "https://user:pw@x/y"), "/canary_url");
-  check_invalid(with("token_endpoint_auth_method", "private_key_jwt"), "/token_endpoint_auth_method");
-  check_invalid(with("pkce", "yes"), "/pkce");
-  check_invalid(with("scopes", {"a b"}), "/scopes/0");
-  check_invalid(with("scopes", {1}), "/scopes/0");
-  check_invalid(with("default_expires_in", 0), "/default_expires_in");
-  check_invalid(with("default_expires_in", "3600"), "/default_expires_in");
-  check_invalid(with("refresh_ahead", -1), "/refresh_ahead");
-  check_invalid(with("client_secret", std::string(5000, 's')), "/client_secret");
-  check_invalid(with("surprise", true), "/surprise");
+  check_invalid_request(with("type", "saml"), "/type");
+  check_invalid_request(with("type", 3), "/type");
+  check_invalid_request(with("client_id", ""), "/client_id");
+  check_invalid_request(with("token_url", "http://idp.example.com/token"), "/token_url");
+  check_invalid_request(with("token_url", "not a url"), "/token_url");
+  check_invalid_request(with("authorize_url", "ftp://x/y"), "/authorize_url");
+  check_invalid_request(with("canary_url", "https://user:pw@x/y"), "/canary_url");
+  check_invalid_request(with("token_endpoint_auth_method", "private_key_jwt"), "/token_endpoint_auth_method");
+  check_invalid_request(with("pkce", "yes"), "/pkce");
+  check_invalid_request(with("scopes", {"a b"}), "/scopes/0");
+  check_invalid_request(with("scopes", {1}), "/scopes/0");
+  check_invalid_request(with("default_expires_in", 0), "/default_expires_in");
+  check_invalid_request(with("default_expires_in", "3600"), "/default_expires_in");
+  check_invalid_request(with("refresh_ahead", -1), "/refresh_ahead");
+  check_invalid_request(with("client_secret", std::string(5000, 's')), "/client_secret");
+  check_invalid_request(with("surprise", true), "/surprise");
   json no_url = ok;
   no_url.erase("token_url");
-  check_invalid(t.call("PUT", "/v1/providers/p1", key, no_url), "/token_url");
+  check_invalid_request(t.call("PUT", "/v1/providers/p1", key, no_url), "/token_url");
   json no_secret = ok;
   no_secret.erase("client_secret");
   no_secret["token_endpoint_auth_method"] = "client_secret_post";
-  check_invalid(t.call("PUT", "/v1/providers/p1", key, no_secret), "/client_secret");
-  check_invalid(t.call("PUT", "/v1/providers/.bad", key, ok), "provider");
-  check_invalid(t.call("PUT", "/v1/providers/airtable", key,
+  check_invalid_request(t.call("PUT", "/v1/providers/p1", key, no_secret), "/client_secret");
+  check_invalid_request(t.call("PUT", "/v1/providers/.bad", key, ok), "provider");
+  check_invalid_request(t.call("PUT", "/v1/providers/airtable", key,
                        json{{"type", "airtable"}, {"client_id", "c"}, {"client_secret", "s"}, {"pkce", false}}),
                 "/pkce");
   CHECK(t.call("GET", "/v1/providers", key).json()["items"].empty());

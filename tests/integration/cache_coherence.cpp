@@ -192,28 +192,8 @@ TEST_CASE("the token cache stays within its bound", "[cache_coherence]") {
                  json{{"type", "oauth2"}, {"client_id", "c"}, {"token_url", "https://x.example/t"},
                       {"token_endpoint_auth_method", "none"}}).status == 201);
   constexpr int kConnections = 10000;
-  {
-    // Seed in bulk, sealed exactly as tokend seals them.
-    tokend::crypto::keyring kr({{"test1", *tokend::crypto::base64_decode(kTestMasterKeyB64)}});
-    pqxx::connection c(db.url());
-    pqxx::work tx(c);
-    const auto now = tokend::wall_clock().now();
-    for (int i = 0; i < kConnections; ++i) {
-      tokend::connection_record rec;
-      rec.tenant_id = "acme";
-      rec.id = "c" + std::to_string(i);
-      rec.provider_id = "idp";
-      rec.row_id = tokend::store::next_connection_row_id(tx);
-      tokend::token_set ts;
-      ts.access_token = "at-" + std::to_string(i);
-      ts.refresh_token = "rt-" + std::to_string(i);
-      rec.sealed = tokend::crypto::seal_tokens(kr, "acme", rec.id, rec.row_id, 1, ts);
-      rec.access_expires_at = now + std::chrono::seconds(3600);
-      rec.access_lifetime = 3600;
-      tokend::store::insert_connection(tx, rec);
-    }
-    tx.commit();
-  }
+  seed_connections(db.url(), "acme", "idp", kConnections,
+                   [](int i) { return "at-" + std::to_string(i); });
   std::atomic<int> next{0}, ok{0};
   std::vector<std::thread> workers;
   for (int w = 0; w < 16; ++w) {

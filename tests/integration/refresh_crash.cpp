@@ -37,13 +37,7 @@ std::string setup(const tokend_process& t, const node_peer& fake) {
 }
 
 std::optional<std::string> stored_refresh(const std::string& url) {
-  pqxx::connection c(url);
-  pqxx::read_transaction tx(c);
-  auto rec = tokend::store::get_connection(tx, "acme", "c1");
-  tokend::crypto::keyring kr({{"test1", *tokend::crypto::base64_decode(kTestMasterKeyB64)}});
-  auto opened = tokend::crypto::open_tokens(kr, *rec);
-  REQUIRE(opened);
-  return opened->refresh_token;
+  return stored_refresh_token(url, "acme", "c1");
 }
 
 int locked_waiters(const std::string& url) {

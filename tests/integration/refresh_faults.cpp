@@ -64,15 +64,8 @@ struct rig {
   json events(const std::string& id) {
     return t.call("GET", "/v1/connections/" + id + "/events", key).json()["items"];
   }
-  // The stored refresh token, decrypted with the test master key.
   std::optional<std::string> stored_refresh(const std::string& id) {
-    pqxx::connection c(db.url());
-    pqxx::read_transaction tx(c);
-    auto rec = tokend::store::get_connection(tx, "acme", id);
-    tokend::crypto::keyring kr({{"test1", *tokend::crypto::base64_decode(kTestMasterKeyB64)}});
-    auto opened = tokend::crypto::open_tokens(kr, *rec);
-    REQUIRE(opened);
-    return opened->refresh_token;
+    return stored_refresh_token(db.url(), "acme", id);
   }
 };
 

@@ -53,14 +53,9 @@ struct oidc_rig {
                 .status == 201);
   }
   std::string stored_refresh(const std::string& id) {
-    pqxx::connection c(db.url());
-    pqxx::read_transaction tx(c);
-    auto rec = tokend::store::get_connection(tx, "acme", id);
-    tokend::crypto::keyring kr({{"test1", *tokend::crypto::base64_decode(kTestMasterKeyB64)}});
-    auto opened = tokend::crypto::open_tokens(kr, *rec);
-    REQUIRE(opened);
-    REQUIRE(opened->refresh_token);
-    return *opened->refresh_token;
+    auto rt = stored_refresh_token(db.url(), "acme", id);
+    REQUIRE(rt);
+    return *rt;
   }
   json refresh_token_state(const std::string& value) {
     return idp.control("GET", "/test/refresh-token?value=" + value);

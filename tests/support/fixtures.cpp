@@ -3,6 +3,10 @@
 #include <signal.h>
 
 #include <catch2/catch.hpp>
+
+#include "crypto/crypto.hpp"
+#include "crypto/token_seal.hpp"
+#include "store/repository.hpp"
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
@@ -203,6 +207,63 @@ double metric_value(const std::string& text, const std::string& series) {
     if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
   }
   return 0;
+}
+
+}  // namespace tokend::test
+
+namespace tokend::test {
+
+void check_invalid_request(const http_reply& r, const std::string& field) {
+  INFO(r.body);
+  CHECK(r.status == 400);
+  CHECK(r.header("content-type") == "application/problem+json");
+  CHECK(r.json()["code"] == "invalid_request");
+  if (field.empty()) {
+    CHECK(!r.json().contains("field"));
+  } else {
+    CHECK(r.json()["field"] == field);
+  }
+}
+
+namespace {
+crypto::keyring test_keyring() {
+  return crypto::keyring({{"test1", *crypto::base64_decode(kTestMasterKeyB64)}});
+}
+}  // namespace
+
+std::optional<std::string> stored_refresh_token(const std::string& db_url, const std::string& tenant,
+                                                const std::string& connection) {
+  pqxx::connection c(db_url);
+  pqxx::read_transaction tx(c);
+  auto rec = store::get_connection(tx, tenant, connection);
+  REQUIRE(rec);
+  auto opened = crypto::open_tokens(test_keyring(), *rec);
+  REQUIRE(opened);
+  return opened->refresh_token;
+}
+
+void seed_connections(const std::string& db_url, const std::string& tenant,
+                      const std::string& provider, int count,
+                      const std::function<std::string(int)>& access) {
+  const auto kr = test_keyring();
+  pqxx::connection c(db_url);
+  pqxx::work tx(c);
+  const auto now = wall_clock().now();
+  for (int i = 0; i < count; ++i) {
+    connection_record rec;
+    rec.tenant_id = tenant;
+    rec.id = "c" + std::to_string(i);
+    rec.provider_id = provider;
+    rec.row_id = store::next_connection_row_id(tx);
+    token_set ts;
+    ts.access_token = access(i);
+    ts.refresh_token = "rt-" + std::to_string(i);
+    rec.sealed = crypto::seal_tokens(kr, tenant, rec.id, rec.row_id, 1, ts);
+    rec.access_expires_at = now + std::chrono::seconds(3600);
+    rec.access_lifetime = 3600;
+    store::insert_connection(tx, rec);
+  }
+  tx.commit();
 }
 
 }  // namespace tokend::test

@@ -2,6 +2,7 @@
 // private clusters for tests that stop PostgreSQL, throwaway databases, tokend processes.
 #pragma once
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <thread>
@@ -100,6 +101,20 @@ class node_peer {
   std::unique_ptr<child_process> proc_;
   std::string address_;
 };
+
+// Asserts a 400 invalid_request problem naming `field` (no `field` member when empty).
+void check_invalid_request(const http_reply& r, const std::string& field);
+
+// The refresh token stored for (tenant, connection), decrypted with the test master key.
+std::optional<std::string> stored_refresh_token(const std::string& db_url, const std::string& tenant,
+                                                const std::string& connection);
+
+// Inserts `count` connections c0..c{count-1} of `provider` for `tenant` in one transaction,
+// sealed with the test master key exactly as tokend seals them; access tokens from `access(i)`,
+// valid for an hour.
+void seed_connections(const std::string& db_url, const std::string& tenant,
+                      const std::string& provider, int count,
+                      const std::function<std::string(int)>& access);
 
 // The value of one sample in Prometheus text (`name{labels}` exactly as printed), or 0.
 double metric_value(const std::string& metrics_text, const std::string& series);
