@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
   const int threads = argc > 2 ? std::stoi(argv[2]) : 2;
   asio::io_context ioc(threads);
   tcp::acceptor acceptor(ioc, {asio::ip::make_address("127.0.0.1"), port});
-  std::printf("{\"msg\":\"listening\",\"address\":\"127.0.0.1:%d\"}\n", acceptor.local_endpoint().port());
+  std::printf("{\"msg\":\"listening\",\"address\":\"127.0.0.1:%d\"}\n",
+              acceptor.local_endpoint().port());
   std::fflush(stdout);
   asio::co_spawn(ioc, listen(acceptor), asio::detached);
   std::vector<std::thread> pool;

@@ -31,8 +31,8 @@ double to_ms(const std::string& v, const std::string& unit) {
 }
 
 wrk_result run_wrk(const std::string& url, const std::string& key, int seconds) {
-  std::vector<std::string> argv = {"/usr/bin/wrk", "-t2", "-c64", "-d" + std::to_string(seconds) + "s",
-                                   "--latency"};
+  std::vector<std::string> argv = {"/usr/bin/wrk", "-t2", "-c64",
+                                   "-d" + std::to_string(seconds) + "s", "--latency"};
   if (!key.empty()) {
     argv.push_back("-H");
     argv.push_back("Authorization: Bearer " + key);
@@ -42,9 +42,12 @@ wrk_result run_wrk(const std::string& url, const std::string& key, int seconds) 
   REQUIRE(r.exit_code == 0);
   wrk_result out;
   std::smatch m;
-  if (std::regex_search(r.output, m, std::regex(R"(Requests/sec:\s+([0-9.]+))"))) out.rps = std::stod(m[1]);
-  if (std::regex_search(r.output, m, std::regex(R"(50%\s+([0-9.]+)(us|ms|s))"))) out.p50_ms = to_ms(m[1], m[2]);
-  if (std::regex_search(r.output, m, std::regex(R"(99%\s+([0-9.]+)(us|ms|s))"))) out.p99_ms = to_ms(m[1], m[2]);
+  if (std::regex_search(r.output, m, std::regex(R"(Requests/sec:\s+([0-9.]+))")))
+    out.rps = std::stod(m[1]);
+  if (std::regex_search(r.output, m, std::regex(R"(50%\s+([0-9.]+)(us|ms|s))")))
+    out.p50_ms = to_ms(m[1], m[2]);
+  if (std::regex_search(r.output, m, std::regex(R"(99%\s+([0-9.]+)(us|ms|s))")))
+    out.p99_ms = to_ms(m[1], m[2]);
   // Non-2xx answers would make the comparison meaningless.
   CHECK(r.output.find("Non-2xx") == std::string::npos);
   return out;
@@ -62,8 +65,11 @@ long rss_kib(int pid) {
 std::string seed_provider(const tokend_process& t) {
   auto key = t.tenant_key("acme");
   REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"}, {"client_id", "c"}, {"token_url", "https://x.example/t"},
-                      {"token_endpoint_auth_method", "none"}}).status == 201);
+                 json{{"type", "oauth2"},
+                      {"client_id", "c"},
+                      {"token_url", "https://x.example/t"},
+                      {"token_endpoint_auth_method", "none"}})
+              .status == 201);
   return key;
 }
 
@@ -72,15 +78,20 @@ std::string seed_provider(const tokend_process& t) {
 TEST_CASE("hot path: cached and uncached GET /v1/tokens vs a bare Beast server", "[.bench][hot]") {
   scratch_database db;
   tokend_process cached(db.url(), {{"TOKEND_THREADS", "2"}, {"TOKEND_LOG_LEVEL", "warn"}});
-  tokend_process uncached(db.url(), {{"TOKEND_THREADS", "2"}, {"TOKEND_CACHE", "off"},
-                                     {"TOKEND_LOG_LEVEL", "warn"}});
+  tokend_process uncached(
+      db.url(), {{"TOKEND_THREADS", "2"}, {"TOKEND_CACHE", "off"}, {"TOKEND_LOG_LEVEL", "warn"}});
   auto key = seed_provider(cached);
-  REQUIRE(cached.call("PUT", "/v1/connections/c1", key,
-                      json{{"provider", "idp"}, {"access_token", std::string(40, 'a')},
-                           {"refresh_token", "r"}, {"expires_in", 3600}}).status == 201);
+  REQUIRE(cached
+              .call("PUT", "/v1/connections/c1", key,
+                    json{{"provider", "idp"},
+                         {"access_token", std::string(40, 'a')},
+                         {"refresh_token", "r"},
+                         {"expires_in", 3600}})
+              .status == 201);
   auto dir = temp_dir("tokend-hello");
   child_process hello({std::string(TOKEND_BINARY).substr(0, std::string(TOKEND_BINARY).rfind('/')) +
-                           "/bench/bench_hello_server", "0", "2"},
+                           "/bench/bench_hello_server",
+                       "0", "2"},
                       {}, dir + "/hello.log");
   auto out = hello.wait_for_output("listening", 10s);
   REQUIRE(out);
@@ -126,14 +137,16 @@ TEST_CASE("memory: RSS of one instance with 100,000 cached tokens", "[.bench][rs
     workers.emplace_back([&] {
       http_connection conn(t.address());
       for (int i = next++; i < kConnections; i = next++) {
-        conn.send_raw("GET /v1/tokens/c" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + "\r\n\r\n");
+        conn.send_raw("GET /v1/tokens/c" + std::to_string(i) +
+                      " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + "\r\n\r\n");
         if (conn.read_reply(10s).status == 200) ++ok;
       }
     });
   }
   for (auto& w : workers) w.join();
   const long after = rss_kib(t.process().pid());
-  const double entries = metric_value(t.get("/metrics").body, "tokend_cache_entries{cache=\"token\"}");
+  const double entries =
+      metric_value(t.get("/metrics").body, "tokend_cache_entries{cache=\"token\"}");
   const double per_entry = (after - before) * 1024.0 / entries;
   std::cout << json{{"bench", "rss_100k_cached_tokens"},
                     {"ok", ok.load()},
@@ -142,7 +155,8 @@ TEST_CASE("memory: RSS of one instance with 100,000 cached tokens", "[.bench][rs
                     {"rss_after_kib", after},
                     {"bytes_per_entry", per_entry},
                     {"token_bytes", token_body.size()},
-                    {"overhead_bytes_per_entry", per_entry - static_cast<double>(token_body.size())}}
+                    {"overhead_bytes_per_entry",
+                     per_entry - static_cast<double>(token_body.size())}}
                    .dump()
             << std::endl;
   CHECK(ok == kConnections);

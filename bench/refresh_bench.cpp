@@ -1,7 +1,7 @@
 // Refresh-engine benchmarks. Run through bench/run.sh; each case prints one JSON line.
-#include <catch2/catch.hpp>
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -40,7 +40,9 @@ load_result run_load(const std::vector<std::string>& addresses,
         const auto t0 = std::chrono::steady_clock::now();
         auto r = http_call(addresses[targets[i].first], "GET", targets[i].second, "",
                            {{"Authorization", "Bearer " + key}}, 30s);
-        local.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        local.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
         (r.status == 200 ? ok : failed)++;
       }
       std::lock_guard lk(mu);
@@ -62,8 +64,10 @@ double pct(const std::vector<double>& sorted, double p) {
 
 std::string provider_for(const tokend_process& t, const std::string& token_url, bool airtable) {
   auto key = t.tenant_key("acme");
-  json p = {{"type", airtable ? "airtable" : "oauth2"}, {"client_id", "tokend-test"},
-            {"client_secret", "tokend-test-secret"}, {"token_url", token_url}};
+  json p = {{"type", airtable ? "airtable" : "oauth2"},
+            {"client_id", "tokend-test"},
+            {"client_secret", "tokend-test-secret"},
+            {"token_url", token_url}};
   REQUIRE(t.call("PUT", "/v1/providers/idp", key, p).status == 201);
   return key;
 }
@@ -88,16 +92,19 @@ TEST_CASE("storm: 500 expired connections x 20 callers over 3 instances (oidc-pr
   auto key = provider_for(*instances[0], idp.url("/token"), true);
   auto grants = idp.control("POST", "/test/grants", json{{"count", kConnections}})["items"];
   for (int i = 0; i < kConnections; ++i) {
-    REQUIRE(instances[0]->call("PUT", "/v1/connections/c" + std::to_string(i), key,
-                               json{{"provider", "idp"}, {"access_token", grants[i]["access_token"]},
-                                    {"refresh_token", grants[i]["refresh_token"]},
-                                    {"expires_at", "2020-01-01T00:00:00Z"}})
+    REQUIRE(instances[0]
+                ->call("PUT", "/v1/connections/c" + std::to_string(i), key,
+                       json{{"provider", "idp"},
+                            {"access_token", grants[i]["access_token"]},
+                            {"refresh_token", grants[i]["refresh_token"]},
+                            {"expires_at", "2020-01-01T00:00:00Z"}})
                 .status == 201);
   }
   idp.control("POST", "/test/reset-stats");
   std::vector<std::pair<int, std::string>> targets;
   for (int c = 0; c < kConnections; ++c) {
-    for (int k = 0; k < kCallers; ++k) targets.emplace_back(k % kInstances, "/v1/tokens/c" + std::to_string(c));
+    for (int k = 0; k < kCallers; ++k)
+      targets.emplace_back(k % kInstances, "/v1/tokens/c" + std::to_string(c));
   }
   std::shuffle(targets.begin(), targets.end(), std::mt19937(7));
   auto r = run_load(addresses, targets, key, kWorkers);
@@ -128,12 +135,15 @@ TEST_CASE("throughput: refreshes per second of one instance against a fast fake 
   auto key = provider_for(t, fake.url("/token"), false);
   for (int i = 0; i < kConnections; ++i) {
     REQUIRE(t.call("PUT", "/v1/connections/c" + std::to_string(i), key,
-                   json{{"provider", "idp"}, {"access_token", "a"}, {"refresh_token", "r" + std::to_string(i)},
+                   json{{"provider", "idp"},
+                        {"access_token", "a"},
+                        {"refresh_token", "r" + std::to_string(i)},
                         {"expires_at", "2020-01-01T00:00:00Z"}})
                 .status == 201);
   }
   std::vector<std::pair<int, std::string>> targets;
-  for (int c = 0; c < kConnections; ++c) targets.emplace_back(0, "/v1/tokens/c" + std::to_string(c));
+  for (int c = 0; c < kConnections; ++c)
+    targets.emplace_back(0, "/v1/tokens/c" + std::to_string(c));
   auto r = run_load({t.address()}, targets, key, kWorkers);
   auto processed = fake.control("GET", "/control/requests")["processed"].get<int>();
   std::cout << json{{"bench", "refresh_throughput_one_instance"},

@@ -2,14 +2,14 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "api/auth.hpp"
-#include "cache/caches.hpp"
-#include "store/change_listener.hpp"
 #include "api/handlers.hpp"
 #include "api/tx.hpp"
 #include "api/views.hpp"
+#include "cache/caches.hpp"
 #include "core/validate.hpp"
 #include "crypto/crypto.hpp"
 #include "http/router.hpp"
+#include "store/change_listener.hpp"
 #include "store/repository.hpp"
 
 namespace asio = boost::asio;
@@ -26,9 +26,8 @@ asio::awaitable<http::response> create_tenant(context& ctx, http::request& req) 
   require_id(id, "/id");
   auto name = *body.string("name", 200, true);
   body.finish();
-  auto created = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    return store::insert_tenant(tx, id, name);
-  });
+  auto created =
+      co_await in_tx(ctx, req, [&](pqxx::work& tx) { return store::insert_tenant(tx, id, name); });
   if (!created) throw api_error(errc::conflict, "tenant " + id + " already exists");
   co_return json_reply(201, tenant_view(*created));
 }
@@ -77,10 +76,11 @@ asio::awaitable<http::response> create_key(context& ctx, http::request& req) {
 asio::awaitable<http::response> list_keys(context& ctx, http::request& req) {
   require_admin(co_await authenticate(ctx, req));
   auto tenant = path_id(req, "tenant");
-  auto keys = co_await in_tx(ctx, req, [&](pqxx::work& tx) -> std::optional<std::vector<api_key_record>> {
-    if (!store::tenant_exists(tx, tenant)) return std::nullopt;
-    return store::list_api_keys(tx, tenant);
-  });
+  auto keys =
+      co_await in_tx(ctx, req, [&](pqxx::work& tx) -> std::optional<std::vector<api_key_record>> {
+        if (!store::tenant_exists(tx, tenant)) return std::nullopt;
+        return store::list_api_keys(tx, tenant);
+      });
   if (!keys) throw api_error(errc::not_found, "no such tenant");
   nlohmann::json items = nlohmann::json::array();
   for (const auto& k : *keys) items.push_back(api_key_view(k));
@@ -106,9 +106,7 @@ asio::awaitable<http::response> revoke_key(context& ctx, http::request& req) {
 }  // namespace
 
 void register_admin(http::router& r, context& ctx) {
-  auto bind = [&ctx](auto fn) {
-    return [&ctx, fn](http::request& req) { return fn(ctx, req); };
-  };
+  auto bind = [&ctx](auto fn) { return [&ctx, fn](http::request& req) { return fn(ctx, req); }; };
   r.add("POST", "/v1/tenants", bind(create_tenant));
   r.add("POST", "/v1/tenants/{tenant}/api-keys", bind(create_key));
   r.add("GET", "/v1/tenants/{tenant}/api-keys", bind(list_keys));

@@ -2,15 +2,15 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "api/auth.hpp"
-#include "cache/caches.hpp"
-#include "store/change_listener.hpp"
 #include "api/handlers.hpp"
 #include "api/tx.hpp"
 #include "api/views.hpp"
+#include "cache/caches.hpp"
 #include "core/validate.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
 #include "http/router.hpp"
+#include "store/change_listener.hpp"
 #include "store/repository.hpp"
 
 namespace asio = boost::asio;
@@ -39,7 +39,8 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
   auto metadata = body.object("metadata", kMaxMetadata);
   auto if_version = body.integer("if_token_version", 1, std::numeric_limits<long long>::max());
   body.finish();
-  if (expires_in && expires_at_s) bad_request("give expires_in or expires_at, not both", "/expires_at");
+  if (expires_in && expires_at_s)
+    bad_request("give expires_in or expires_at, not both", "/expires_at");
   std::optional<sys_time> expires_at;
   if (expires_at_s) {
     expires_at = parse_rfc3339(*expires_at_s);
@@ -56,8 +57,8 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     using std::chrono::seconds;
     if (expires_at) {
       t.access_expires_at = *expires_at;
-      t.access_lifetime = std::max<long long>(
-          0, std::chrono::duration_cast<seconds>(*expires_at - now).count());
+      t.access_lifetime =
+          std::max<long long>(0, std::chrono::duration_cast<seconds>(*expires_at - now).count());
     } else {
       t.access_lifetime = expires_in.value_or(provider->default_expires_in);
       t.access_expires_at = now + seconds(t.access_lifetime);
@@ -69,10 +70,10 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     }
     auto existing = store::get_connection(tx, who.tenant_id, id, true);
     if (if_version && (!existing || existing->token_version != *if_version)) {
-      throw api_error(errc::conflict,
-                      existing ? "token_version is " + std::to_string(existing->token_version) +
-                                     ", not " + std::to_string(*if_version)
-                               : "the connection does not exist");
+      throw api_error(errc::conflict, existing ? "token_version is " +
+                                                     std::to_string(existing->token_version) +
+                                                     ", not " + std::to_string(*if_version)
+                                               : "the connection does not exist");
     }
     connection_record c;
     c.tenant_id = who.tenant_id;
@@ -83,8 +84,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     c.sealed = crypto::seal_tokens(ctx.keys, c.tenant_id, c.id, c.row_id, c.token_version, t);
     c.token_type = t.token_type;
     c.scope = t.scope;
-    c.metadata = metadata ? metadata->dump()
-                          : (existing ? existing->metadata : std::string("{}"));
+    c.metadata = metadata ? metadata->dump() : (existing ? existing->metadata : std::string("{}"));
     c.access_expires_at = t.access_expires_at;
     c.access_lifetime = t.access_lifetime;
     c.refresh_expires_at = t.refresh_expires_at;
@@ -119,9 +119,8 @@ asio::awaitable<http::response> get_connection(context& ctx, http::request& req)
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:read");
   const auto id = path_id(req, "connection");
-  auto c = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    return store::get_connection(tx, who.tenant_id, id);
-  });
+  auto c = co_await in_tx(
+      ctx, req, [&](pqxx::work& tx) { return store::get_connection(tx, who.tenant_id, id); });
   if (!c) throw api_error(errc::not_found, "no such connection");
   co_return json_reply(200, connection_view(*c));
 }
@@ -132,7 +131,8 @@ asio::awaitable<http::response> list_connections(context& ctx, http::request& re
   store::connection_filter f;
   f.limit = static_cast<int>(int_param(req.query_param("limit"), "limit", 1, 500, 100));
   if (auto s = req.query_param("status")) {
-    if (*s != "active" && *s != "needs_reauth") bad_request("status must be active or needs_reauth", "status");
+    if (*s != "active" && *s != "needs_reauth")
+      bad_request("status must be active or needs_reauth", "status");
     f.status = *s;
   }
   if (auto p = req.query_param("provider")) {
@@ -184,11 +184,12 @@ asio::awaitable<http::response> list_events(context& ctx, http::request& req) {
   require_scope(who, "connections:read");
   const auto id = path_id(req, "connection");
   const int limit = static_cast<int>(int_param(req.query_param("limit"), "limit", 1, 500, 50));
-  auto events = co_await in_tx(ctx, req, [&](pqxx::work& tx) -> std::optional<std::vector<event_record>> {
-    auto c = store::get_connection(tx, who.tenant_id, id);
-    if (!c) return std::nullopt;
-    return store::list_events(tx, who.tenant_id, c->row_id, limit);
-  });
+  auto events =
+      co_await in_tx(ctx, req, [&](pqxx::work& tx) -> std::optional<std::vector<event_record>> {
+        auto c = store::get_connection(tx, who.tenant_id, id);
+        if (!c) return std::nullopt;
+        return store::list_events(tx, who.tenant_id, c->row_id, limit);
+      });
   if (!events) throw api_error(errc::not_found, "no such connection");
   nlohmann::json items = nlohmann::json::array();
   for (const auto& e : *events) items.push_back(event_view(e));
@@ -198,9 +199,7 @@ asio::awaitable<http::response> list_events(context& ctx, http::request& req) {
 }  // namespace
 
 void register_connections(http::router& r, context& ctx) {
-  auto bind = [&ctx](auto fn) {
-    return [&ctx, fn](http::request& req) { return fn(ctx, req); };
-  };
+  auto bind = [&ctx](auto fn) { return [&ctx, fn](http::request& req) { return fn(ctx, req); }; };
   r.add("PUT", "/v1/connections/{connection}", bind(put_connection));
   r.add("GET", "/v1/connections/{connection}", bind(get_connection));
   r.add("DELETE", "/v1/connections/{connection}", bind(delete_connection));

@@ -37,9 +37,8 @@ void register_ops(http::router& r, store::db_pool& db, observability::metrics& m
     const auto deadline = std::min(req.deadline, store::clock::now() + kReadinessBudget);
     std::vector<int> pending;
     try {
-      pending = co_await db.run(deadline, [](pqxx::connection_base& c) {
-        return store::pending_versions(c);
-      });
+      pending = co_await db.run(
+          deadline, [](pqxx::connection_base& c) { return store::pending_versions(c); });
     } catch (const std::exception&) {  // unreachable, timed out, or pool exhausted
       auto res = http::make_problem(errc::unavailable, "database unavailable", req.request_id);
       res.set_header("Retry-After", "1");
@@ -48,13 +47,12 @@ void register_ops(http::router& r, store::db_pool& db, observability::metrics& m
     if (!pending.empty()) {
       std::string list;
       for (int v : pending) list += (list.empty() ? "" : ", ") + std::to_string(v);
-      auto res = http::make_problem(errc::unavailable, "migrations not applied: " + list,
-                                    req.request_id);
+      auto res =
+          http::make_problem(errc::unavailable, "migrations not applied: " + list, req.request_id);
       res.set_header("Retry-After", "5");
       co_return res;
     }
-    nlohmann::json body = {{"status", "ready"},
-                           {"migrations", store::known_migrations().size()}};
+    nlohmann::json body = {{"status", "ready"}, {"migrations", store::known_migrations().size()}};
     co_return http::json_response(200, body.dump());
   });
 

@@ -58,13 +58,15 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
   auto method = body.string("token_endpoint_auth_method", 32);
   if (method && *method != "client_secret_basic" && *method != "client_secret_post" &&
       *method != "none") {
-    bad_request("token_endpoint_auth_method must be client_secret_basic, client_secret_post or none",
-                "/token_endpoint_auth_method");
+    bad_request(
+        "token_endpoint_auth_method must be client_secret_basic, client_secret_post or none",
+        "/token_endpoint_auth_method");
   }
   auto pkce = body.boolean("pkce");
   p.redirect_uri = body.string("redirect_uri", 2048);
   if (p.redirect_uri) {
-    if (auto why = check_provider_url(*p.redirect_uri, true)) bad_request("redirect_uri " + *why, "/redirect_uri");
+    if (auto why = check_provider_url(*p.redirect_uri, true))
+      bad_request("redirect_uri " + *why, "/redirect_uri");
   }
   p.default_expires_in = body.integer("default_expires_in", 1, 31536000).value_or(3600);
   p.refresh_token_lifetime = body.integer("refresh_token_lifetime", 1, 10LL * 31536000);
@@ -77,7 +79,8 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
     if (!p.authorize_url) p.authorize_url = std::string(airtable_defaults::authorize_url);
     if (!token_url) token_url = std::string(airtable_defaults::token_url);
     if (!p.canary_url) p.canary_url = std::string(airtable_defaults::canary_url);
-    if (!p.refresh_token_lifetime) p.refresh_token_lifetime = airtable_defaults::refresh_token_lifetime;
+    if (!p.refresh_token_lifetime)
+      p.refresh_token_lifetime = airtable_defaults::refresh_token_lifetime;
     p.pkce = pkce.value_or(true);
     if (!p.pkce) bad_request("Airtable requires PKCE", "/pkce");
   } else {
@@ -99,8 +102,8 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
       p.client_secret_ct = existing->client_secret_ct;
       p.key_id = existing->key_id;
     }
-    p.auth_method = method.value_or(
-        airtable || p.client_secret_ct ? "client_secret_basic" : "none");
+    p.auth_method =
+        method.value_or(airtable || p.client_secret_ct ? "client_secret_basic" : "none");
     if (p.auth_method != "none" && !p.client_secret_ct) {
       bad_request("client_secret is required with " + p.auth_method, "/client_secret");
     }
@@ -113,9 +116,8 @@ asio::awaitable<http::response> get_provider(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:read");
   const auto& id = path_id(req, "provider");
-  auto p = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    return store::get_provider(tx, who.tenant_id, id);
-  });
+  auto p = co_await in_tx(
+      ctx, req, [&](pqxx::work& tx) { return store::get_provider(tx, who.tenant_id, id); });
   if (!p) throw api_error(errc::not_found, "no such provider");
   co_return json_reply(200, provider_view(*p));
 }
@@ -123,9 +125,8 @@ asio::awaitable<http::response> get_provider(context& ctx, http::request& req) {
 asio::awaitable<http::response> list_providers(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:read");
-  auto all = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    return store::list_providers(tx, who.tenant_id);
-  });
+  auto all = co_await in_tx(
+      ctx, req, [&](pqxx::work& tx) { return store::list_providers(tx, who.tenant_id); });
   nlohmann::json items = nlohmann::json::array();
   for (const auto& p : all) items.push_back(provider_view(p));
   co_return json_reply(200, {{"items", items}});
@@ -134,9 +135,7 @@ asio::awaitable<http::response> list_providers(context& ctx, http::request& req)
 }  // namespace
 
 void register_providers(http::router& r, context& ctx) {
-  auto bind = [&ctx](auto fn) {
-    return [&ctx, fn](http::request& req) { return fn(ctx, req); };
-  };
+  auto bind = [&ctx](auto fn) { return [&ctx, fn](http::request& req) { return fn(ctx, req); }; };
   r.add("PUT", "/v1/providers/{provider}", bind(put_provider));
   r.add("GET", "/v1/providers/{provider}", bind(get_provider));
   r.add("GET", "/v1/providers", bind(list_providers));

@@ -20,11 +20,21 @@ void append_json_string(std::string& out, std::string_view v) {
   out.push_back('"');
   for (unsigned char ch : v) {
     switch (ch) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (ch < 0x20) {
           out += "\\u00";
@@ -85,8 +95,7 @@ asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
   require_scope(who, "tokens:read");
   const auto& id = path_id(req, "connection");
   auto body = body_reader::parse(req.body, true);
-  auto if_version =
-      body.integer("if_token_version", 1, std::numeric_limits<long long>::max());
+  auto if_version = body.integer("if_token_version", 1, std::numeric_limits<long long>::max());
   body.finish();
   const refresh::caller c{who.tenant_id, req.request_id, req.deadline};
   auto answer = co_await ctx.engine.refresh(c, id, if_version);

@@ -8,8 +8,8 @@
 
 #include "app/config.hpp"
 #include "app/serve.hpp"
-#include "observability/log.hpp"
 #include "crypto/crypto.hpp"
+#include "observability/log.hpp"
 #include "store/db_pool.hpp"
 #include "store/key_rotation.hpp"
 #include "store/migrations.hpp"
@@ -33,9 +33,9 @@ int run_migrate(const config& c) {
     pqxx::connection conn(
         store::with_connection_params(c.database_url, "tokend-migrate", std::chrono::seconds(10)));
     auto r = store::migrate(conn);
-    log::write(log::level::info, "migrations applied",
-               {{"applied", r.applied}, {"applied_count", r.applied.size()},
-                {"known", r.total_known}});
+    log::write(
+        log::level::info, "migrations applied",
+        {{"applied", r.applied}, {"applied_count", r.applied.size()}, {"known", r.total_known}});
     return 0;
   } catch (const std::exception& e) {
     log::write(log::level::error, "migration failed", {{"error", e.what()}});

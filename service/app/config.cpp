@@ -117,8 +117,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
       }
       auto key = crypto::base64_decode(item.substr(colon + 1));
       if (!key || key->size() != 32) {
-        return fail("TOKEND_MASTER_KEYS",
-                    "key '" + kid + "' must be base64 of exactly 32 bytes");
+        return fail("TOKEND_MASTER_KEYS", "key '" + kid + "' must be base64 of exactly 32 bytes");
       }
       if (!seen.insert(kid).second) {
         return fail("TOKEND_MASTER_KEYS", "key id '" + kid + "' appears twice");
@@ -204,7 +203,8 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
     c.scheduler = *v == "on";
   }
   if (auto v = get("TOKEND_ALLOW_INSECURE_PROVIDER_URLS"); v && !v->empty()) {
-    if (*v != "1" && *v != "0") return fail("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "must be 1 or unset");
+    if (*v != "1" && *v != "0")
+      return fail("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "must be 1 or unset");
     c.allow_insecure_provider_urls = *v == "1";
   }
   return {c, std::nullopt};

@@ -16,13 +16,13 @@
 #include "api/ops.hpp"
 #include "cache/caches.hpp"
 #include "crypto/crypto.hpp"
-#include "store/change_listener.hpp"
-#include "oauth/http_client.hpp"
-#include "refresh/engine.hpp"
 #include "http/router.hpp"
 #include "http/server.hpp"
+#include "oauth/http_client.hpp"
 #include "observability/log.hpp"
 #include "observability/metrics.hpp"
+#include "refresh/engine.hpp"
+#include "store/change_listener.hpp"
 #include "store/db_pool.hpp"
 
 namespace asio = boost::asio;
@@ -56,9 +56,8 @@ int serve(const config& c) {
                      .idle_in_transaction_timeout = c.db_statement_timeout * 2},
                     &metrics);
   // Refresh transactions hold their lease across a provider call and set their own timeouts.
-  store::db_pool refresh_db({.name = "refresh", .conninfo = c.database_url,
-                             .size = c.refresh_pool_size},
-                            &metrics);
+  store::db_pool refresh_db(
+      {.name = "refresh", .conninfo = c.database_url, .size = c.refresh_pool_size}, &metrics);
 
   asio::io_context ioc(static_cast<int>(c.threads));
   http::server_options opts{.read_timeout = c.http_read_timeout,

@@ -10,9 +10,9 @@ namespace tokend::async {
 
 struct semaphore::waiter {
   explicit waiter(asio::any_io_executor ex) : wake(std::move(ex)) {}
-  signal wake;            // notified on a grant
-  bool granted = false;   // guarded by semaphore::mu_
-  std::size_t unit = 0;   // valid when granted
+  signal wake;           // notified on a grant
+  bool granted = false;  // guarded by semaphore::mu_
+  std::size_t unit = 0;  // valid when granted
 };
 
 semaphore::semaphore(std::size_t count) : capacity_(count) {

@@ -81,8 +81,7 @@ std::shared_ptr<const cached_principal> caches::get_principal(const std::string&
   return v ? std::move(*v) : nullptr;
 }
 
-void caches::put_principal(const std::string& key, const coherence::ticket& t,
-                           cached_principal v) {
+void caches::put_principal(const std::string& key, const coherence::ticket& t, cached_principal v) {
   if (!opts_.enabled) return;
   if (!state_.still_valid(t)) {
     if (skipped_) skipped_->Increment();

@@ -45,13 +45,20 @@ bool is_fresh(sys_time expires_at, long long lifetime_s, long long min_ttl_s, sy
 
 std::string_view outcome_name(outcome o) {
   switch (o) {
-    case outcome::refreshed: return "refreshed";
-    case outcome::missing_access_token: return "provider_error";
-    case outcome::invalid_grant: return "invalid_grant";
-    case outcome::config_error: return "config_error";
-    case outcome::transient: return "transient";
-    case outcome::in_doubt: return "in_doubt";
-    case outcome::provider_error: return "provider_error";
+    case outcome::refreshed:
+      return "refreshed";
+    case outcome::missing_access_token:
+      return "provider_error";
+    case outcome::invalid_grant:
+      return "invalid_grant";
+    case outcome::config_error:
+      return "config_error";
+    case outcome::transient:
+      return "transient";
+    case outcome::in_doubt:
+      return "in_doubt";
+    case outcome::provider_error:
+      return "provider_error";
   }
   return "provider_error";
 }
@@ -120,7 +127,8 @@ classification classify(const provider_reply& r, sys_time sent_at, const token_d
 
   std::optional<std::string> error;
   if (j.is_object()) {
-    if (auto it = j.find("error"); it != j.end() && it->is_string() && !it->get<std::string>().empty()) {
+    if (auto it = j.find("error");
+        it != j.end() && it->is_string() && !it->get<std::string>().empty()) {
       error = sanitize(it->get<std::string>());
     }
     if (auto it = j.find("error_description"); it != j.end() && it->is_string()) {
@@ -144,7 +152,8 @@ classification classify(const provider_reply& r, sys_time sent_at, const token_d
   } else {
     c.kind = outcome::provider_error;
   }
-  c.summary = "HTTP " + std::to_string(r.status) + (error ? " " + *error : " without an OAuth error");
+  c.summary =
+      "HTTP " + std::to_string(r.status) + (error ? " " + *error : " without an OAuth error");
   return c;
 }
 
@@ -153,7 +162,8 @@ std::chrono::milliseconds backoff(int retry, std::chrono::milliseconds base,
   const int shift = std::clamp(retry - 1, 0, 20);
   const auto ceiling = std::min<long long>(cap.count(), base.count() << shift);
   if (ceiling <= 0) return std::chrono::milliseconds(0);
-  return std::chrono::milliseconds(static_cast<long long>(random % static_cast<std::uint64_t>(ceiling + 1)));
+  return std::chrono::milliseconds(
+      static_cast<long long>(random % static_cast<std::uint64_t>(ceiling + 1)));
 }
 
 std::string reauth_reason(bool unresolved_earlier_attempt,

@@ -11,8 +11,8 @@ std::string format_rfc3339(sys_time t) {
   std::tm tm{};
   gmtime_r(&tt, &tm);
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
   return buf;
 }
 
@@ -63,10 +63,11 @@ std::optional<sys_time> parse_rfc3339(std::string_view s) {
   }
   if (pos != s.size()) return std::nullopt;
   using namespace std::chrono;
-  const auto days = sys_days{year{Y} / month{static_cast<unsigned>(M)} / day{static_cast<unsigned>(D)}};
+  const auto days =
+      sys_days{year{Y} / month{static_cast<unsigned>(M)} / day{static_cast<unsigned>(D)}};
   if (!year_month_day{days}.ok()) return std::nullopt;
-  auto t = sys_time{duration_cast<microseconds>(days.time_since_epoch())} + hours{h} +
-           minutes{m} + seconds{sec} + microseconds{micros} - seconds{offset};
+  auto t = sys_time{duration_cast<microseconds>(days.time_since_epoch())} + hours{h} + minutes{m} +
+           seconds{sec} + microseconds{micros} - seconds{offset};
   return t;
 }
 

@@ -22,8 +22,7 @@ bool valid_id(std::string_view id) {
 
 void require_id(std::string_view id, std::string_view field) {
   if (!valid_id(id)) {
-    bad_request(std::string(field) +
-                    " must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+    bad_request(std::string(field) + " must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
                 std::string(field));
   }
 }
@@ -34,8 +33,8 @@ long long int_param(const std::optional<std::string>& raw, std::string_view name
   long long v = 0;
   auto [p, ec] = std::from_chars(raw->data(), raw->data() + raw->size(), v);
   if (raw->empty() || ec != std::errc() || p != raw->data() + raw->size() || v < lo || v > hi) {
-    bad_request(std::string(name) + " must be an integer between " + std::to_string(lo) +
-                    " and " + std::to_string(hi),
+    bad_request(std::string(name) + " must be an integer between " + std::to_string(lo) + " and " +
+                    std::to_string(hi),
                 std::string(name));
   }
   return v;
@@ -93,9 +92,9 @@ std::optional<long long> body_reader::integer(std::string_view name, long long l
   auto n = v->get<long long>();
   if (v->is_number_unsigned() && v->get<unsigned long long>() > 9223372036854775807ULL) n = hi + 1;
   if (n < lo || n > hi) {
-    bad_request(std::string(name) + " must be between " + std::to_string(lo) + " and " +
-                    std::to_string(hi),
-                ptr);
+    bad_request(
+        std::string(name) + " must be between " + std::to_string(lo) + " and " + std::to_string(hi),
+        ptr);
   }
   return n;
 }
@@ -103,7 +102,8 @@ std::optional<long long> body_reader::integer(std::string_view name, long long l
 std::optional<bool> body_reader::boolean(std::string_view name) {
   const auto* v = get(name);
   if (!v) return std::nullopt;
-  if (!v->is_boolean()) bad_request(std::string(name) + " must be a boolean", "/" + std::string(name));
+  if (!v->is_boolean())
+    bad_request(std::string(name) + " must be a boolean", "/" + std::string(name));
   return v->get<bool>();
 }
 
@@ -139,8 +139,7 @@ std::optional<nlohmann::json> body_reader::object(std::string_view name, std::si
   if (!v) return std::nullopt;
   if (!v->is_object()) bad_request(std::string(name) + " must be a JSON object", ptr);
   if (v->dump().size() > max_bytes) {
-    bad_request(std::string(name) + " must be at most " + std::to_string(max_bytes / 1024) +
-                    " KiB",
+    bad_request(std::string(name) + " must be at most " + std::to_string(max_bytes / 1024) + " KiB",
                 ptr);
   }
   return *v;

@@ -34,8 +34,7 @@ class body_reader {
   std::optional<long long> integer(std::string_view name, long long lo, long long hi,
                                    bool required = false);
   std::optional<bool> boolean(std::string_view name);
-  std::optional<std::vector<std::string>> string_array(std::string_view name,
-                                                       std::size_t max_items,
+  std::optional<std::vector<std::string>> string_array(std::string_view name, std::size_t max_items,
                                                        std::size_t max_len);
   // A JSON object whose serialization is at most max_bytes.
   std::optional<nlohmann::json> object(std::string_view name, std::size_t max_bytes);

@@ -158,8 +158,8 @@ std::optional<std::string> keyring::open(std::string_view kid, std::string_view 
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kNonceLen, nullptr) != 1 ||
       EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, u(*key), u(blob)) != 1 ||
       EVP_DecryptUpdate(ctx.get(), nullptr, &len, u(aad), static_cast<int>(aad.size())) != 1 ||
-      EVP_DecryptUpdate(ctx.get(), pt, &len, u(blob.substr(kNonceLen)),
-                        static_cast<int>(ct_len)) != 1 ||
+      EVP_DecryptUpdate(ctx.get(), pt, &len, u(blob.substr(kNonceLen)), static_cast<int>(ct_len)) !=
+          1 ||
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kTagLen, tag.data()) != 1 ||
       EVP_DecryptFinal_ex(ctx.get(), pt + len, &len) != 1) {
     OPENSSL_cleanse(out.data(), out.size());
@@ -172,8 +172,8 @@ std::string make_aad(std::string_view tenant, std::string_view owner_kind,
                      std::string_view owner_id, long long row_id, std::string_view field,
                      std::string_view kid, long long version) {
   // A JSON array is unambiguous whatever the ids contain.
-  return nlohmann::json::array({"tokend.v1", tenant, owner_kind, owner_id, row_id, field, kid,
-                                version})
+  return nlohmann::json::array(
+             {"tokend.v1", tenant, owner_kind, owner_id, row_id, field, kid, version})
       .dump();
 }
 

@@ -6,13 +6,12 @@ sealed_tokens seal_tokens(const keyring& kr, const std::string& tenant, const st
                           long long row_id, long long version, const token_set& t) {
   sealed_tokens s;
   s.key_id = kr.active_kid();
-  s.access_token_ct = kr.seal(
-      t.access_token, make_aad(tenant, "connection", id, row_id, "access_token", s.key_id, version));
+  s.access_token_ct = kr.seal(t.access_token, make_aad(tenant, "connection", id, row_id,
+                                                       "access_token", s.key_id, version));
   s.access_token_fp = fingerprint(t.access_token);
   if (t.refresh_token) {
-    s.refresh_token_ct =
-        kr.seal(*t.refresh_token,
-                make_aad(tenant, "connection", id, row_id, "refresh_token", s.key_id, version));
+    s.refresh_token_ct = kr.seal(*t.refresh_token, make_aad(tenant, "connection", id, row_id,
+                                                            "refresh_token", s.key_id, version));
     s.refresh_token_fp = fingerprint(*t.refresh_token);
   }
   return s;
@@ -20,15 +19,15 @@ sealed_tokens seal_tokens(const keyring& kr, const std::string& tenant, const st
 
 std::optional<opened_tokens> open_tokens(const keyring& kr, const connection_record& c) {
   const auto& kid = c.sealed.key_id;
-  auto access = kr.open(kid, c.sealed.access_token_ct,
-                        make_aad(c.tenant_id, "connection", c.id, c.row_id, "access_token", kid,
-                                 c.token_version));
+  auto access = kr.open(
+      kid, c.sealed.access_token_ct,
+      make_aad(c.tenant_id, "connection", c.id, c.row_id, "access_token", kid, c.token_version));
   if (!access) return std::nullopt;
   opened_tokens out{std::move(*access), std::nullopt};
   if (c.sealed.refresh_token_ct) {
-    auto refresh = kr.open(kid, *c.sealed.refresh_token_ct,
-                           make_aad(c.tenant_id, "connection", c.id, c.row_id, "refresh_token",
-                                    kid, c.token_version));
+    auto refresh = kr.open(
+        kid, *c.sealed.refresh_token_ct,
+        make_aad(c.tenant_id, "connection", c.id, c.row_id, "refresh_token", kid, c.token_version));
     if (!refresh) return std::nullopt;
     out.refresh_token = std::move(*refresh);
   }

@@ -2,10 +2,10 @@
 
 #include "core/errors.hpp"
 
+#include <strings.h>
 #include <boost/url/decode_view.hpp>
 #include <boost/url/parse_query.hpp>
 #include <stdexcept>
-#include <strings.h>
 
 namespace tokend::http {
 

@@ -87,9 +87,9 @@ boost::asio::awaitable<response> router::dispatch(request& req) const {
       co_return make_problem(errc::not_found, "no such resource", req.request_id);
     }
     req.route = m.route;
-    auto r = make_problem(errc::method_not_allowed,
-                          "method " + req.method + " is not allowed on this resource",
-                          req.request_id);
+    auto r =
+        make_problem(errc::method_not_allowed,
+                     "method " + req.method + " is not allowed on this resource", req.request_id);
     std::string allow;
     for (const auto& a : m.allow) allow += (allow.empty() ? "" : ", ") + a;
     r.set_header("Allow", allow);

@@ -19,9 +19,9 @@ class router {
   void add(std::string method, std::string path_template, handler h);
 
   struct match_result {
-    const handler* h = nullptr;          // set when path and method match
-    std::string route;                   // template of the matched path (also on 405)
-    std::vector<std::string> allow;      // methods allowed for the path (on 405)
+    const handler* h = nullptr;      // set when path and method match
+    std::string route;               // template of the matched path (also on 405)
+    std::vector<std::string> allow;  // methods allowed for the path (on 405)
     std::map<std::string, std::string, std::less<>> params;
   };
   // Finds the handler for method+path. h == nullptr && route.empty() means 404;

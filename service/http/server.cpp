@@ -110,15 +110,14 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         continue;
       }
       auto ex = socket.get_executor();
-      asio::co_spawn(ex, session(beast::tcp_stream(std::move(socket))),
-                     [](std::exception_ptr e) {
-                       if (!e) return;
-                       try {
-                         std::rethrow_exception(e);
-                       } catch (const std::exception& ex) {
-                         log::write(log::level::error, "session failed", {{"error", ex.what()}});
-                       }
-                     });
+      asio::co_spawn(ex, session(beast::tcp_stream(std::move(socket))), [](std::exception_ptr e) {
+        if (!e) return;
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          log::write(log::level::error, "session failed", {{"error", ex.what()}});
+        }
+      });
     }
   }
 
@@ -175,8 +174,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         boost::system::error_code ec;
         if (buffer.size() == 0) {
           // Waiting for the next request: idle timeout (read timeout for the first one).
-          st->deadline = std::chrono::steady_clock::now() +
-                         (first ? opts.read_timeout : opts.idle_timeout);
+          st->deadline =
+              std::chrono::steady_clock::now() + (first ? opts.read_timeout : opts.idle_timeout);
           auto n = co_await stream.async_read_some(buffer.prepare(4096),
                                                    asio::redirect_error(asio::use_awaitable, ec));
           if (ec) break;  // closed, timed out or shut down: nothing half-read to answer
@@ -213,8 +212,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
           if (parser.is_header_done()) {
             const auto& h = parser.get();
             req.method = std::string(h.method_string());
-            if (auto it = h.find("X-Request-Id");
-                it != h.end() && valid_request_id(it->value())) {
+            if (auto it = h.find("X-Request-Id"); it != h.end() && valid_request_id(it->value())) {
               req.request_id = std::string(it->value());
             }
           }

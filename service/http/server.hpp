@@ -17,12 +17,12 @@ namespace tokend::http {
 class router;
 
 struct server_options {
-  std::size_t header_limit = 8 * 1024;   // larger header blocks get 431
-  std::size_t body_limit = 64 * 1024;    // larger bodies get 413
-  std::chrono::milliseconds read_timeout{10000};   // first byte to last byte of a request
-  std::chrono::milliseconds idle_timeout{60000};   // keep-alive wait for the next request
+  std::size_t header_limit = 8 * 1024;            // larger header blocks get 431
+  std::size_t body_limit = 64 * 1024;             // larger bodies get 413
+  std::chrono::milliseconds read_timeout{10000};  // first byte to last byte of a request
+  std::chrono::milliseconds idle_timeout{60000};  // keep-alive wait for the next request
   std::chrono::milliseconds write_timeout{10000};
-  std::chrono::seconds request_timeout{15};        // sets request::deadline
+  std::chrono::seconds request_timeout{15};  // sets request::deadline
 };
 
 // Called once per answered request (access log, metrics); must be thread-safe.

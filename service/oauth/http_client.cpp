@@ -41,23 +41,34 @@ bool in_v4(const asio::ip::address_v4& a, const char* net, int bits) {
 bool is_public_address(const asio::ip::address& a) {
   if (a.is_v6()) {
     auto v6 = a.to_v6();
-    if (v6.is_v4_mapped()) return is_public_address(asio::ip::make_address_v4(asio::ip::v4_mapped, v6));
+    if (v6.is_v4_mapped())
+      return is_public_address(asio::ip::make_address_v4(asio::ip::v4_mapped, v6));
     if (v6.is_loopback() || v6.is_unspecified() || v6.is_link_local() || v6.is_multicast() ||
         v6.is_site_local()) {
       return false;
     }
     auto b = v6.to_bytes();
-    if ((b[0] & 0xfe) == 0xfc) return false;                   // fc00::/7 unique local
-    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) return false;  // documentation
+    if ((b[0] & 0xfe) == 0xfc) return false;  // fc00::/7 unique local
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8)
+      return false;  // documentation
     if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b) return false;  // NAT64
     return true;
   }
   auto v4 = a.to_v4();
-  for (auto [net, bits] : std::initializer_list<std::pair<const char*, int>>{
-           {"0.0.0.0", 8}, {"10.0.0.0", 8}, {"100.64.0.0", 10}, {"127.0.0.0", 8},
-           {"169.254.0.0", 16}, {"172.16.0.0", 12}, {"192.0.0.0", 24}, {"192.0.2.0", 24},
-           {"192.168.0.0", 16}, {"198.18.0.0", 15}, {"198.51.100.0", 24}, {"203.0.113.0", 24},
-           {"224.0.0.0", 4}, {"240.0.0.0", 4}}) {
+  for (auto [net, bits] : std::initializer_list<std::pair<const char*, int>>{{"0.0.0.0", 8},
+                                                                             {"10.0.0.0", 8},
+                                                                             {"100.64.0.0", 10},
+                                                                             {"127.0.0.0", 8},
+                                                                             {"169.254.0.0", 16},
+                                                                             {"172.16.0.0", 12},
+                                                                             {"192.0.0.0", 24},
+                                                                             {"192.0.2.0", 24},
+                                                                             {"192.168.0.0", 16},
+                                                                             {"198.18.0.0", 15},
+                                                                             {"198.51.100.0", 24},
+                                                                             {"203.0.113.0", 24},
+                                                                             {"224.0.0.0", 4},
+                                                                             {"240.0.0.0", 4}}) {
     if (in_v4(v4, net, bits)) return false;
   }
   return true;
@@ -75,7 +86,7 @@ struct connection {
 
 struct http_client::impl {
   ssl::context tls{ssl::context::tls_client};
-  std::mutex mu;  // guards idle
+  std::mutex mu;                                                         // guards idle
   std::map<std::string, std::vector<std::unique_ptr<connection>>> idle;  // by scheme://host:port
 
   std::unique_ptr<connection> take(const std::string& key, std::chrono::milliseconds max_idle) {
@@ -128,9 +139,9 @@ asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
                                     asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
     out.error = "read header: " + ec.message();
-    out.nothing_received = buffer.size() == 0 && (ec == bhttp::error::end_of_stream ||
-                                                   ec == asio::error::eof ||
-                                                   ec == asio::error::connection_reset);
+    out.nothing_received =
+        buffer.size() == 0 && (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+                               ec == asio::error::connection_reset);
     co_return;
   }
   out.status = static_cast<int>(parser.get().result_int());
@@ -215,8 +226,9 @@ asio::awaitable<http_result> http_client::request(
   asio::steady_timer timer(ex);
   timer.expires_after(until(deadline, opts_.resolve_timeout));
   boost::system::error_code ec;
-  auto resolved = co_await (resolver.async_resolve(host, port, asio::redirect_error(asio::use_awaitable, ec)) ||
-                            timer.async_wait(asio::use_awaitable));
+  auto resolved =
+      co_await (resolver.async_resolve(host, port, asio::redirect_error(asio::use_awaitable, ec)) ||
+                timer.async_wait(asio::use_awaitable));
   if (resolved.index() == 1) {
     out.error = "resolve: timed out";
     co_return out;

@@ -31,13 +31,13 @@ struct client_options {
 };
 
 struct http_result {
-  bool sent = false;          // the request was written completely
-  int status = 0;             // 0: no response head
+  bool sent = false;  // the request was written completely
+  int status = 0;     // 0: no response head
   bool body_complete = false;
   std::string body;
   std::optional<std::string> retry_after;
-  bool refused = false;  // the URL or every resolved address broke the outbound rule
-  std::string error;     // transport failure, for logs
+  bool refused = false;           // the URL or every resolved address broke the outbound rule
+  std::string error;              // transport failure, for logs
   bool keep_alive = false;        // the server allows another request on this connection
   bool nothing_received = false;  // failed before any response byte arrived
   bool reused = false;            // sent on a pooled connection

@@ -31,10 +31,9 @@ form_request refresh_request(const provider_record& p, const std::string& refres
   r.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
   r.headers.emplace_back("Accept", "application/json");
   if (p.auth_method == "client_secret_basic") {
-    r.headers.emplace_back(
-        "Authorization",
-        "Basic " + crypto::base64(form_encode(p.client_id) + ":" +
-                                  form_encode(client_secret.value_or(""))));
+    r.headers.emplace_back("Authorization",
+                           "Basic " + crypto::base64(form_encode(p.client_id) + ":" +
+                                                     form_encode(client_secret.value_or(""))));
   } else if (p.auth_method == "client_secret_post") {
     r.body += "&client_id=" + form_encode(p.client_id) +
               "&client_secret=" + form_encode(client_secret.value_or(""));

@@ -1,6 +1,6 @@
 // Builds the RFC 6749 section 6 refresh request for a provider: form-encoded body, client
-// authentication (client_secret_basic with form-urlencoded credentials per 2.3.1, client_secret_post,
-// or none). Pure; thread-safe.
+// authentication (client_secret_basic with form-urlencoded credentials per 2.3.1,
+// client_secret_post, or none). Pure; thread-safe.
 #pragma once
 #include <optional>
 #include <string>

@@ -26,12 +26,18 @@ state& global() {
 
 std::string_view level_name(level l) {
   switch (l) {
-    case level::trace: return "trace";
-    case level::debug: return "debug";
-    case level::info: return "info";
-    case level::warn: return "warn";
-    case level::error: return "error";
-    case level::off: return "off";
+    case level::trace:
+      return "trace";
+    case level::debug:
+      return "debug";
+    case level::info:
+      return "info";
+    case level::warn:
+      return "warn";
+    case level::error:
+      return "error";
+    case level::off:
+      return "off";
   }
   return "info";
 }
@@ -70,8 +76,8 @@ void init(format f, level min_level, std::string instance, std::string environme
   g.min = min_level;
   g.instance = std::move(instance);
   g.environment = std::move(environment);
-  g.logger = std::make_shared<spdlog::logger>(
-      "tokend", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  g.logger =
+      std::make_shared<spdlog::logger>("tokend", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   g.logger->set_pattern("%v");
   g.logger->set_level(spdlog::level::trace);
   g.logger->flush_on(spdlog::level::trace);

@@ -74,11 +74,10 @@ struct metrics::impl {
           .Name("tokend_cache_events_total")
           .Help("Cache hits, misses, evictions, invalidations and skipped inserts")
           .Register(*registry);
-  prometheus::Family<prometheus::Gauge>& cache_entries =
-      prometheus::BuildGauge()
-          .Name("tokend_cache_entries")
-          .Help("Entries held by each cache")
-          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& cache_entries = prometheus::BuildGauge()
+                                                             .Name("tokend_cache_entries")
+                                                             .Help("Entries held by each cache")
+                                                             .Register(*registry);
   prometheus::Family<prometheus::Counter>& reconnects =
       prometheus::BuildCounter()
           .Name("tokend_listener_reconnects_total")

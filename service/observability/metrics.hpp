@@ -20,8 +20,7 @@ class metrics {
   metrics(const metrics&) = delete;
   metrics& operator=(const metrics&) = delete;
 
-  void observe_request(std::string_view method, std::string_view route, int status,
-                       double seconds);
+  void observe_request(std::string_view method, std::string_view route, int status, double seconds);
   // Per-pool gauges, created on first use.
   prometheus::Gauge& pool_in_use(std::string_view pool);
   prometheus::Gauge& pool_waiting(std::string_view pool);

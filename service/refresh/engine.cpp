@@ -1,5 +1,6 @@
 #include "refresh/engine.hpp"
 
+#include <prometheus/gauge.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -9,13 +10,11 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
-#include <prometheus/gauge.h>
 #include <random>
 
 #include "async/semaphore.hpp"
 #include "async/signal.hpp"
 #include "cache/caches.hpp"
-#include "store/change_listener.hpp"
 #include "core/errors.hpp"
 #include "core/refresh_policy.hpp"
 #include "crypto/token_seal.hpp"
@@ -23,6 +22,7 @@
 #include "oauth/token_request.hpp"
 #include "observability/log.hpp"
 #include "observability/metrics.hpp"
+#include "store/change_listener.hpp"
 #include "store/db_pool.hpp"
 #include "store/repository.hpp"
 
@@ -187,9 +187,9 @@ asio::awaitable<token_answer> engine::get(const caller& who, const std::string& 
       asio::steady_timer pause(co_await asio::this_coro::executor, delay);
       co_await pause.async_wait(asio::use_awaitable);
     }
-    caches_.put_token(key, ticket,
-                      {c.token_version, token, c.token_type, c.scope, c.access_expires_at,
-                       c.access_lifetime});
+    caches_.put_token(
+        key, ticket,
+        {c.token_version, token, c.token_type, c.scope, c.access_expires_at, c.access_lifetime});
     co_return token_answer{std::move(c), std::move(token), false};
   }
   if (!c.sealed.refresh_token_ct && c.access_expires_at > now) {
@@ -205,9 +205,9 @@ asio::awaitable<token_answer> engine::refresh(const caller& who, const std::stri
   co_await open_or_fail(who, c, if_token_version ? "conditional" : "forced");
   if (!if_token_version) co_return co_await join_or_start(who, c, trigger::forced);
   if (c.token_version < *if_token_version) {
-    throw api_error(errc::conflict, "token_version " + std::to_string(*if_token_version) +
-                                        " does not exist yet (stored: " +
-                                        std::to_string(c.token_version) + ")");
+    throw api_error(errc::conflict,
+                    "token_version " + std::to_string(*if_token_version) +
+                        " does not exist yet (stored: " + std::to_string(c.token_version) + ")");
   }
   if (c.token_version > *if_token_version) co_return co_await get(who, id, 300);
   co_return co_await join_or_start(who, c, trigger::conditional);
@@ -300,8 +300,7 @@ asio::awaitable<void> engine::run_flight(std::shared_ptr<flight> f) {
     }
   } catch (const std::exception& e) {
     log::write(log::level::error, "refresh failed unexpectedly",
-               {{"tenant", f->tenant}, {"connection", f->id}, {"error", e.what()}},
-               f->request_id);
+               {{"tenant", f->tenant}, {"connection", f->id}, {"error", e.what()}}, f->request_id);
     result.error = api_error(errc::internal, "internal error");
   }
   // Drop this instance's entry before anyone is answered (the notification sent with the
@@ -324,9 +323,12 @@ asio::awaitable<void> engine::run_flight(std::shared_ptr<flight> f) {
 asio::awaitable<engine::flight_result> engine::fly(flight& f) {
   const auto trigger_name = [&]() -> std::string {
     switch (f.t) {
-      case trigger::forced: return "forced";
-      case trigger::conditional: return "conditional";
-      default: return "on_demand";
+      case trigger::forced:
+        return "forced";
+      case trigger::conditional:
+        return "conditional";
+      default:
+        return "on_demand";
     }
   }();
   const caller who{f.tenant, f.request_id, f.deadline};
@@ -361,7 +363,8 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
   try {
     out = co_await [&]() -> asio::awaitable<flight_result> {
       const auto left_ms = std::max<long long>(
-          100, std::chrono::duration_cast<std::chrono::milliseconds>(f.deadline - steady::now()).count());
+          100, std::chrono::duration_cast<std::chrono::milliseconds>(f.deadline - steady::now())
+                   .count());
       auto locked = co_await lease.run([&](pqxx::connection_base& c) {
         tx = std::make_unique<pqxx::work>(c);
         tx->exec("SET LOCAL lock_timeout = " + std::to_string(left_ms));
@@ -493,58 +496,61 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
           return id;
         });
         const auto queue_ms =
-            std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - f.started).count();
+            std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - f.started)
+                .count();
         const auto sent_at = clock_.now();
         const auto call_started = steady::now();
-        auto reply = co_await http_.request("POST", request.url, request.headers, request.body,
-                                            f.deadline);
-        const auto call_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                 steady::now() - call_started)
-                                 .count();
+        auto reply =
+            co_await http_.request("POST", request.url, request.headers, request.body, f.deadline);
+        const auto call_ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - call_started)
+                .count();
         metrics_.provider_call(static_cast<double>(call_ms) / 1000.0);
         policy::provider_reply pr{reply.sent, reply.status, reply.body_complete,
                                   std::move(reply.body), reply.retry_after};
-        auto cls = reply.refused ? policy::classification{policy::outcome::config_error, {}, {},
-                                                          std::string("outbound address refused"),
-                                                          {}, reply.error}
-                                 : policy::classify(pr, sent_at,
-                                                    {provider.default_expires_in,
-                                                     provider.refresh_token_lifetime});
+        auto cls =
+            reply.refused
+                ? policy::classification{policy::outcome::config_error,           {}, {},
+                                         std::string("outbound address refused"), {}, reply.error}
+                : policy::classify(pr, sent_at,
+                                   {provider.default_expires_in, provider.refresh_token_lifetime});
         const bool last_try = attempt == opts_.max_attempts;
         const bool retryable =
             cls.kind == policy::outcome::transient || cls.kind == policy::outcome::in_doubt;
         std::chrono::milliseconds delay{0};
         if (retryable && !last_try) {
           delay = policy::backoff(attempt, opts_.backoff_base, opts_.backoff_cap, random_u64());
-          if (cls.retry_after_s) delay = std::max<std::chrono::milliseconds>(delay, std::chrono::seconds(*cls.retry_after_s));
+          if (cls.retry_after_s)
+            delay = std::max<std::chrono::milliseconds>(delay,
+                                                        std::chrono::seconds(*cls.retry_after_s));
         }
-        const bool will_retry =
-            retryable && !last_try && steady::now() + delay + std::chrono::milliseconds(50) < f.deadline;
+        const bool will_retry = retryable && !last_try &&
+                                steady::now() + delay + std::chrono::milliseconds(50) < f.deadline;
         const bool escalated = cls.kind == policy::outcome::invalid_grant;
-        log::write(
-            retryable || escalated || cls.kind == policy::outcome::config_error ? log::level::warn
-                                                                                : log::level::info,
-            "token endpoint call",
-            {{"tenant", row.tenant_id},
-             {"connection", row.id},
-             {"provider", provider.id},
-             {"endpoint", "token_endpoint"},
-             {"trigger", trigger_name},
-             {"http_status", reply.status},
-             {"oauth_error", cls.oauth_error ? json(*cls.oauth_error) : json(nullptr)},
-             {"error_description", cls.description ? json(*cls.description) : json(nullptr)},
-             {"transport_error", reply.error},
-             {"connection_reused", reply.reused},
-             {"outcome", policy::outcome_name(cls.kind)},
-             {"token_age_s", token_age_s},
-             {"token_version", row.token_version},
-             {"attempt", attempt},
-             {"backoff_ms", will_retry ? delay.count() : 0},
-             {"reauth_escalated", escalated},
-             {"queue_latency_ms", queue_ms},
-             {"duration_ms", call_ms},
-             {"refresh_token_fingerprint", row.sealed.refresh_token_fp.value_or("")}},
-            f.request_id);
+        log::write(retryable || escalated || cls.kind == policy::outcome::config_error
+                       ? log::level::warn
+                       : log::level::info,
+                   "token endpoint call",
+                   {{"tenant", row.tenant_id},
+                    {"connection", row.id},
+                    {"provider", provider.id},
+                    {"endpoint", "token_endpoint"},
+                    {"trigger", trigger_name},
+                    {"http_status", reply.status},
+                    {"oauth_error", cls.oauth_error ? json(*cls.oauth_error) : json(nullptr)},
+                    {"error_description", cls.description ? json(*cls.description) : json(nullptr)},
+                    {"transport_error", reply.error},
+                    {"connection_reused", reply.reused},
+                    {"outcome", policy::outcome_name(cls.kind)},
+                    {"token_age_s", token_age_s},
+                    {"token_version", row.token_version},
+                    {"attempt", attempt},
+                    {"backoff_ms", will_retry ? delay.count() : 0},
+                    {"reauth_escalated", escalated},
+                    {"queue_latency_ms", queue_ms},
+                    {"duration_ms", call_ms},
+                    {"refresh_token_fingerprint", row.sealed.refresh_token_fp.value_or("")}},
+                   f.request_id);
 
         if (cls.kind == policy::outcome::refreshed ||
             cls.kind == policy::outcome::missing_access_token) {
@@ -610,8 +616,8 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
               try {
                 stored = co_await db_.run(persist_deadline, [&](pqxx::connection_base& c) {
                   pqxx::work pw(c);
-                  auto s = store::cas_write_token_set(pw, row.tenant_id, row.id,
-                                                      row.token_version, w);
+                  auto s =
+                      store::cas_write_token_set(pw, row.tenant_id, row.id, row.token_version, w);
                   if (s) {
                     store::notify_change(pw, change_key);
                     store::append_event(pw, e);
@@ -626,9 +632,10 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
                 }
                 continue;
               } catch (const std::exception& ex) {
-                log::write(log::level::warn, "persist retry failed",
-                           {{"tenant", row.tenant_id}, {"connection", row.id}, {"error", ex.what()}},
-                           f.request_id);
+                log::write(
+                    log::level::warn, "persist retry failed",
+                    {{"tenant", row.tenant_id}, {"connection", row.id}, {"error", ex.what()}},
+                    f.request_id);
               }
               if (!stored) {
                 asio::steady_timer pause(co_await asio::this_coro::executor, kPersistRetryPause);
@@ -636,21 +643,23 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
               }
             }
             if (!stored && !lost_cas) {
-              log::write(log::level::error, "PERSIST FAILED: a rotated token set could not be stored",
-                         {{"tenant", row.tenant_id},
-                          {"connection", row.id},
-                          {"token_version", row.token_version},
-                          {"new_refresh_token_fingerprint", w.sealed.refresh_token_fp.value_or("")}},
-                         f.request_id);
+              log::write(
+                  log::level::error, "PERSIST FAILED: a rotated token set could not be stored",
+                  {{"tenant", row.tenant_id},
+                   {"connection", row.id},
+                   {"token_version", row.token_version},
+                   {"new_refresh_token_fingerprint", w.sealed.refresh_token_fp.value_or("")}},
+                  f.request_id);
               try {
-                co_await db_.run(steady::now() + std::chrono::seconds(5), [&](pqxx::connection_base& c) {
-                  pqxx::work pw(c);
-                  event_record pe = e;
-                  pe.outcome = "persist_failed";
-                  pe.token_version_after.reset();
-                  store::append_event(pw, pe);
-                  pw.commit();
-                });
+                co_await db_.run(steady::now() + std::chrono::seconds(5),
+                                 [&](pqxx::connection_base& c) {
+                                   pqxx::work pw(c);
+                                   event_record pe = e;
+                                   pe.outcome = "persist_failed";
+                                   pe.token_version_after.reset();
+                                   store::append_event(pw, pe);
+                                   pw.commit();
+                                 });
               } catch (const std::exception&) {
               }
               metrics_.refresh_outcome(trigger_name, "persist_failed");
@@ -676,10 +685,11 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
         }
 
         if (cls.kind == policy::outcome::invalid_grant) {
-          const bool earlier = in_doubt_seen || co_await db_.run(f.deadline, [&](pqxx::connection_base& c) {
-            pqxx::read_transaction rt(c);
-            return store::has_unresolved_attempt(rt, row.row_id, row.token_version, attempt_id);
-          });
+          const bool earlier =
+              in_doubt_seen || co_await db_.run(f.deadline, [&](pqxx::connection_base& c) {
+                pqxx::read_transaction rt(c);
+                return store::has_unresolved_attempt(rt, row.row_id, row.token_version, attempt_id);
+              });
           const auto reason = policy::reauth_reason(earlier, row.refresh_expires_at, now);
           co_await lease.run([&](pqxx::connection_base&) {
             event_record e = append({});
@@ -706,7 +716,8 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
           throw reauth_error(row);
         }
 
-        if (cls.kind == policy::outcome::config_error || cls.kind == policy::outcome::provider_error) {
+        if (cls.kind == policy::outcome::config_error ||
+            cls.kind == policy::outcome::provider_error) {
           const bool config = cls.kind == policy::outcome::config_error;
           co_await lease.run([&](pqxx::connection_base&) {
             event_record e = append({});

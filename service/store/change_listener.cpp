@@ -40,7 +40,9 @@ change_listener::change_listener(std::string conninfo,
 
 change_listener::~change_listener() { stop(); }
 
-void change_listener::start() { thread_ = std::thread([this] { run(); }); }
+void change_listener::start() {
+  thread_ = std::thread([this] { run(); });
+}
 
 void change_listener::stop() {
   stop_ = true;
@@ -81,7 +83,8 @@ void change_listener::run() {
       }
     } catch (const std::exception& e) {
       down(e.what());
-      for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      for (int i = 0; i < 10 && !stop_; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
   if (conn) down("");

@@ -135,8 +135,8 @@ asio::awaitable<void> db_pool::lease::run_erased(std::function<void(pqxx::connec
   auto* counter = origin_ == origin::request ? pool->impl_->request_statements
                                              : pool->impl_->background_statements;
   const bool fresh = std::exchange(fresh_, false);
-  if (auto* jobs = origin_ == origin::request ? pool->impl_->request_jobs
-                                              : pool->impl_->background_jobs) {
+  if (auto* jobs =
+          origin_ == origin::request ? pool->impl_->request_jobs : pool->impl_->background_jobs) {
     jobs->Increment();
   }
   co_await asio::co_spawn(
@@ -157,7 +157,8 @@ asio::awaitable<void> db_pool::lease::run_erased(std::function<void(pqxx::connec
                 with_connection_params(o.conninfo, "tokend-" + o.name, o.connect_timeout));
             std::string setup;
             if (o.statement_timeout.count() > 0) {
-              setup += "SET statement_timeout = " + std::to_string(o.statement_timeout.count()) + ";";
+              setup +=
+                  "SET statement_timeout = " + std::to_string(o.statement_timeout.count()) + ";";
             }
             if (o.idle_in_transaction_timeout.count() > 0) {
               setup += "SET idle_in_transaction_session_timeout = " +

@@ -30,7 +30,7 @@ struct pool_options {
   std::string name = "short";  // label in metrics and logs
   std::string conninfo;        // libpq URI or key=value string
   std::size_t size = 8;
-  std::chrono::milliseconds statement_timeout{0};           // 0: server default
+  std::chrono::milliseconds statement_timeout{0};            // 0: server default
   std::chrono::milliseconds idle_in_transaction_timeout{0};  // 0: server default
   std::chrono::seconds connect_timeout{5};
 };

@@ -1,8 +1,8 @@
 #include "store/key_rotation.hpp"
 
 #include <chrono>
-#include <thread>
 #include <pqxx/pqxx>
+#include <thread>
 
 #include "crypto/token_seal.hpp"
 #include "store/repository.hpp"
@@ -70,8 +70,8 @@ rotation_progress rotate_keys(pqxx::connection_base& conn, const crypto::keyring
         ++p.unreadable;
         continue;
       }
-      auto ct = crypto::seal_client_secret(keys, pr.tenant_id, pr.id, pr.row_id,
-                                           pr.secret_version, *secret);
+      auto ct = crypto::seal_client_secret(keys, pr.tenant_id, pr.id, pr.row_id, pr.secret_version,
+                                           *secret);
       if (cas_reseal_provider(tx, pr, active, ct)) {
         ++p.done;
       } else {
@@ -79,7 +79,8 @@ rotation_progress rotate_keys(pqxx::connection_base& conn, const crypto::keyring
       }
     }
     tx.commit();
-    if (rows.empty()) break;  // provider rows are locked only briefly by PUT; a rerun picks up any left
+    if (rows.empty())
+      break;  // provider rows are locked only briefly by PUT; a rerun picks up any left
     report();
   }
   report();

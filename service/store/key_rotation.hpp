@@ -16,10 +16,10 @@ class keyring;
 namespace tokend::store {
 
 struct rotation_progress {
-  long long done = 0;         // rows re-sealed so far
-  long long total = 0;        // rows not under the active key when the run started
-  long long unreadable = 0;   // rows whose key is not configured or that fail to open
-  long long lost_races = 0;   // rows a concurrent writer changed first (retried)
+  long long done = 0;        // rows re-sealed so far
+  long long total = 0;       // rows not under the active key when the run started
+  long long unreadable = 0;  // rows whose key is not configured or that fail to open
+  long long lost_races = 0;  // rows a concurrent writer changed first (retried)
   double rate_per_s = 0;
 };
 

@@ -53,9 +53,8 @@ pqxx::binarystring bytes(const std::optional<std::string>& s) {
   return pqxx::binarystring(s ? *s : std::string());
 }
 
-const std::string kKeyColumns =
-    "tenant_id, id, key_hash, name, array_to_json(scopes)::text, " TS("created_at") ", " TS(
-        "expires_at") ", " TS("last_used_at") ", " TS("revoked_at");
+const std::string kKeyColumns = "tenant_id, id, key_hash, name, array_to_json(scopes)::text, " TS(
+    "created_at") ", " TS("expires_at") ", " TS("last_used_at") ", " TS("revoked_at");
 
 api_key_record to_key(const pqxx::row& r) {
   api_key_record k;
@@ -75,8 +74,8 @@ const std::string kProviderColumns =
     "tenant_id, id, row_id, type, display_name, client_id, client_secret_ct, key_id, "
     "secret_version, authorize_url, token_url, array_to_json(scopes)::text, "
     "token_endpoint_auth_method, pkce, redirect_uri, default_expires_in, refresh_token_lifetime, "
-    "refresh_ahead, refresh_scope, canary_url, " TS("cooldown_until") ", " TS(
-        "created_at") ", " TS("updated_at");
+    "refresh_ahead, refresh_scope, canary_url, " TS("cooldown_until") ", " TS("created_at") ", " TS(
+        "updated_at");
 
 provider_record to_provider(const pqxx::row& r) {
   provider_record p;
@@ -205,10 +204,10 @@ api_key_record insert_api_key(tx_t& tx, const api_key_record& k) {
 
 std::vector<api_key_record> list_api_keys(tx_t& tx, const std::string& tenant) {
   std::vector<api_key_record> out;
-  for (const auto& row : exec(tx,
-                              "SELECT " + kKeyColumns +
-                                  " FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
-                              tenant)) {
+  for (const auto& row :
+       exec(tx,
+            "SELECT " + kKeyColumns + " FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+            tenant)) {
     out.push_back(to_key(row));
   }
   return out;
@@ -288,27 +287,26 @@ provider_record upsert_provider(tx_t& tx, const provider_record& p) {
           "RETURNING " +
           kProviderColumns,
       p.tenant_id, p.id, p.row_id, p.type, p.display_name, p.client_id, bytes(p.client_secret_ct),
-      p.key_id, p.secret_version, p.authorize_url, p.token_url, json_array(p.scopes),
-      p.auth_method, p.pkce, p.redirect_uri, p.default_expires_in, p.refresh_token_lifetime,
-      p.refresh_ahead, p.refresh_scope, p.canary_url);
+      p.key_id, p.secret_version, p.authorize_url, p.token_url, json_array(p.scopes), p.auth_method,
+      p.pkce, p.redirect_uri, p.default_expires_in, p.refresh_token_lifetime, p.refresh_ahead,
+      p.refresh_scope, p.canary_url);
   return to_provider(r[0]);
 }
 
 void set_provider_cooldown(tx_t& tx, const std::string& tenant, const std::string& id,
                            sys_time until) {
   exec(tx,
-       "UPDATE providers SET cooldown_until = " + ts_param(3) +
-           " WHERE tenant_id = $1 AND id = $2",
+       "UPDATE providers SET cooldown_until = " + ts_param(3) + " WHERE tenant_id = $1 AND id = $2",
        tenant, id, to_micros(until));
 }
 
 std::optional<connection_record> get_connection(tx_t& tx, const std::string& tenant,
                                                 const std::string& id, bool for_update) {
-  auto r = exec(tx,
-                "SELECT " + kConnectionColumns +
-                    " FROM connections WHERE tenant_id = $1 AND id = $2" +
-                    (for_update ? " FOR UPDATE" : ""),
-                tenant, id);
+  auto r =
+      exec(tx,
+           "SELECT " + kConnectionColumns + " FROM connections WHERE tenant_id = $1 AND id = $2" +
+               (for_update ? " FOR UPDATE" : ""),
+           tenant, id);
   if (r.empty()) return std::nullopt;
   return to_connection(r[0]);
 }
@@ -350,22 +348,21 @@ connection_record insert_connection(tx_t& tx, const connection_record& c) {
 
 std::optional<connection_record> replace_connection(tx_t& tx, const connection_record& c,
                                                     long long expected_version) {
-  auto r = exec(
-      tx,
-      "UPDATE connections SET provider_id = $3, status = 'active', token_version = $4, "
-      "key_id = $5, access_token_ct = $6, refresh_token_ct = NULLIF($7, ''::bytea), "
-      "access_token_fp = $8, refresh_token_fp = $9, token_type = $10, scope = $11, "
-      "metadata = $12::jsonb, access_expires_at = " +
-          ts_param(13) + ", access_lifetime = $14, refresh_expires_at = " + ts_param(15) +
-          ", last_error = NULL, reauth_reason = NULL, consecutive_failures = 0, "
-          "next_attempt_at = NULL, updated_at = now() "
-          "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
-          kConnectionColumns,
-      c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
-      pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
-      c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope, c.metadata,
-      to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at),
-      expected_version);
+  auto r = exec(tx,
+                "UPDATE connections SET provider_id = $3, status = 'active', token_version = $4, "
+                "key_id = $5, access_token_ct = $6, refresh_token_ct = NULLIF($7, ''::bytea), "
+                "access_token_fp = $8, refresh_token_fp = $9, token_type = $10, scope = $11, "
+                "metadata = $12::jsonb, access_expires_at = " +
+                    ts_param(13) + ", access_lifetime = $14, refresh_expires_at = " + ts_param(15) +
+                    ", last_error = NULL, reauth_reason = NULL, consecutive_failures = 0, "
+                    "next_attempt_at = NULL, updated_at = now() "
+                    "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
+                    kConnectionColumns,
+                c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
+                pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
+                c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
+                c.metadata, to_micros(c.access_expires_at), c.access_lifetime,
+                opt_us(c.refresh_expires_at), expected_version);
   if (r.empty()) return std::nullopt;
   return to_connection(r[0]);
 }
@@ -385,8 +382,8 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                 "access_token_ct = $5, refresh_token_ct = NULLIF($6, ''::bytea), "
                 "access_token_fp = $7, refresh_token_fp = $8, token_type = $9, scope = $10, "
                 "access_expires_at = " +
-                    ts_param(11) + ", access_lifetime = $12, refresh_expires_at = " +
-                    ts_param(13) + ", last_refreshed_at = " + ts_param(14) +
+                    ts_param(11) + ", access_lifetime = $12, refresh_expires_at = " + ts_param(13) +
+                    ", last_refreshed_at = " + ts_param(14) +
                     ", consecutive_failures = 0, next_attempt_at = NULL, last_error = NULL, "
                     "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND token_version = $3 "
                     "RETURNING " +
@@ -415,8 +412,7 @@ bool cas_reseal_provider(tx_t& tx, const provider_record& p, const std::string& 
   return !exec(tx,
                "UPDATE providers SET key_id = $5, client_secret_ct = $6 WHERE tenant_id = $1 "
                "AND id = $2 AND secret_version = $3 AND key_id = $4 RETURNING 1",
-               p.tenant_id, p.id, p.secret_version, p.key_id, new_kid,
-               pqxx::binarystring(new_ct))
+               p.tenant_id, p.id, p.secret_version, p.key_id, new_kid, pqxx::binarystring(new_ct))
               .empty();
 }
 
@@ -424,11 +420,11 @@ std::vector<connection_record> lock_connections_to_rotate(tx_t& tx, const std::s
                                                           const std::vector<long long>& skip,
                                                           int limit) {
   std::vector<connection_record> out;
-  for (const auto& row : exec(tx,
-                              "SELECT " + kConnectionColumns +
-                                  " FROM connections WHERE key_id <> $1 AND " + in_skip_list(2) +
-                                  " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-                              active_kid, pg_bigint_array(skip), limit)) {
+  for (const auto& row :
+       exec(tx,
+            "SELECT " + kConnectionColumns + " FROM connections WHERE key_id <> $1 AND " +
+                in_skip_list(2) + " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            active_kid, pg_bigint_array(skip), limit)) {
     out.push_back(to_connection(row));
   }
   return out;
@@ -438,11 +434,11 @@ std::vector<provider_record> lock_providers_to_rotate(tx_t& tx, const std::strin
                                                       const std::vector<long long>& skip,
                                                       int limit) {
   std::vector<provider_record> out;
-  for (const auto& row : exec(tx,
-                              "SELECT " + kProviderColumns +
-                                  " FROM providers WHERE key_id <> $1 AND " + in_skip_list(2) +
-                                  " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-                              active_kid, pg_bigint_array(skip), limit)) {
+  for (const auto& row :
+       exec(tx,
+            "SELECT " + kProviderColumns + " FROM providers WHERE key_id <> $1 AND " +
+                in_skip_list(2) + " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            active_kid, pg_bigint_array(skip), limit)) {
     out.push_back(to_provider(row));
   }
   return out;
@@ -465,11 +461,12 @@ rotation_counts count_not_under(tx_t& tx, const std::string& active_kid) {
 
 void mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
                        const std::string& reason, const std::string& last_error_json) {
-  exec(tx,
-       "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, last_error = $4::jsonb, "
-       "consecutive_failures = consecutive_failures + 1, updated_at = now() "
-       "WHERE tenant_id = $1 AND id = $2",
-       tenant, id, reason, last_error_json);
+  exec(
+      tx,
+      "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, last_error = $4::jsonb, "
+      "consecutive_failures = consecutive_failures + 1, updated_at = now() "
+      "WHERE tenant_id = $1 AND id = $2",
+      tenant, id, reason, last_error_json);
 }
 
 void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
@@ -522,8 +519,8 @@ event_record append_event(tx_t& tx, const event_record& e) {
                 "request_id, instance, environment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
                 "$10, $11, $12, $13, $14, $15, $16) RETURNING " +
                     kEventColumns,
-                e.tenant_id, e.connection_id, e.connection_row_id, e.trigger, e.outcome,
-                e.attempt, e.http_status, e.oauth_error, e.description, e.token_version_before,
+                e.tenant_id, e.connection_id, e.connection_row_id, e.trigger, e.outcome, e.attempt,
+                e.http_status, e.oauth_error, e.description, e.token_version_before,
                 e.token_version_after, e.duration_ms, e.joined_count, e.request_id, e.instance,
                 e.environment);
   return to_event(r[0]);

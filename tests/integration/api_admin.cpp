@@ -22,18 +22,27 @@ TEST_CASE("tenants: create, conflict, validation, auth", "[api_admin]") {
   CHECK(r.status == 409);
   CHECK(r.json()["code"] == "conflict");
 
-  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "-bad"}, {"name", "x"}}), "/id");
-  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", std::string(129, 'a')}, {"name", "x"}}), "/id");
-  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", 5}, {"name", "x"}}), "/id");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "-bad"}, {"name", "x"}}),
+                        "/id");
+  check_invalid_request(
+      t.call("POST", "/v1/tenants", admin, json{{"id", std::string(129, 'a')}, {"name", "x"}}),
+      "/id");
+  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", 5}, {"name", "x"}}),
+                        "/id");
   check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}}), "/name");
-  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", std::string(201, 'n')}}), "/name");
-  check_invalid_request(t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", "x"}, {"extra", 1}}), "/extra");
+  check_invalid_request(
+      t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", std::string(201, 'n')}}),
+      "/name");
+  check_invalid_request(
+      t.call("POST", "/v1/tenants", admin, json{{"id", "ok"}, {"name", "x"}, {"extra", 1}}),
+      "/extra");
   check_invalid_request(t.call("POST", "/v1/tenants", admin, std::string("{\"id\": \"ok\",")), "");
   check_invalid_request(t.call("POST", "/v1/tenants", admin, std::string("[1,2]")), "");
   check_invalid_request(t.call("POST", "/v1/tenants", admin, std::string("")), "");
 
   CHECK(t.call("POST", "/v1/tenants", "", json{{"id", "x"}, {"name", "x"}}).status == 401);
-  CHECK(t.call("POST", "/v1/tenants", "wrong-token", json{{"id", "x"}, {"name", "x"}}).status == 401);
+  CHECK(t.call("POST", "/v1/tenants", "wrong-token", json{{"id", "x"}, {"name", "x"}}).status ==
+        401);
   auto key = t.tenant_key("acme");
   auto forbidden = t.call("POST", "/v1/tenants", key, json{{"id", "x"}, {"name", "x"}});
   CHECK(forbidden.status == 403);
@@ -46,7 +55,8 @@ TEST_CASE("api keys: shown once, listed without secrets, revoked and expired key
   scratch_database db;
   tokend_process t(db.url());
   const auto& admin = kTestAdminToken;
-  REQUIRE(t.call("POST", "/v1/tenants", admin, json{{"id", "acme"}, {"name", "Acme"}}).status == 201);
+  REQUIRE(t.call("POST", "/v1/tenants", admin, json{{"id", "acme"}, {"name", "Acme"}}).status ==
+          201);
 
   auto r = t.call("POST", "/v1/tenants/acme/api-keys", admin,
                   json{{"name", "svc"}, {"scopes", {"connections:read", "connections:read"}}});
@@ -65,12 +75,14 @@ TEST_CASE("api keys: shown once, listed without secrets, revoked and expired key
   REQUIRE(list.json()["items"].size() == 1);
   auto item = list.json()["items"][0];
   CHECK(item["id"] == created["id"]);
-  for (auto k : {"id", "name", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at"}) {
+  for (auto k :
+       {"id", "name", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at"}) {
     CHECK(item.contains(k));
   }
   CHECK(!item.contains("key"));
 
-  auto del = t.call("DELETE", "/v1/tenants/acme/api-keys/" + created["id"].get<std::string>(), admin);
+  auto del =
+      t.call("DELETE", "/v1/tenants/acme/api-keys/" + created["id"].get<std::string>(), admin);
   CHECK(del.status == 204);
   auto after = t.call("GET", "/v1/connections", key);
   CHECK(after.status == 401);
@@ -81,7 +93,8 @@ TEST_CASE("api keys: shown once, listed without secrets, revoked and expired key
   CHECK(t.call("DELETE", "/v1/tenants/acme/api-keys/key_nope", admin).status == 404);
   CHECK(t.call("GET", "/v1/tenants/nobody/api-keys", admin).status == 404);
   CHECK(t.call("POST", "/v1/tenants/nobody/api-keys", admin,
-               json{{"name", "x"}, {"scopes", {"tokens:read"}}}).status == 404);
+               json{{"name", "x"}, {"scopes", {"tokens:read"}}})
+            .status == 404);
 
   // Expiry takes effect on the next request.
   auto soon = std::chrono::system_clock::now() + 2s;
@@ -99,14 +112,26 @@ TEST_CASE("api keys: shown once, listed without secrets, revoked and expired key
   CHECK(eventually([&] { return t.call("GET", "/v1/connections", short_key).status == 401; }, 5s));
 
   check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin,
-                       json{{"name", "x"}, {"scopes", {"tokens:write"}}}), "/scopes/0");
-  check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin, json{{"name", "x"}, {"scopes", json::array()}}), "/scopes");
-  check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin, json{{"name", "x"}, {"scopes", "tokens:read"}}), "/scopes");
+                               json{{"name", "x"}, {"scopes", {"tokens:write"}}}),
+                        "/scopes/0");
   check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin,
-                       json{{"name", "x"}, {"scopes", {"tokens:read"}}, {"expires_at", "2001-01-01T00:00:00Z"}}), "/expires_at");
+                               json{{"name", "x"}, {"scopes", json::array()}}),
+                        "/scopes");
   check_invalid_request(t.call("POST", "/v1/tenants/acme/api-keys", admin,
-                       json{{"name", "x"}, {"scopes", {"tokens:read"}}, {"expires_at", "tomorrow"}}), "/expires_at");
-  check_invalid_request(t.call("POST", "/v1/tenants/b%20ad/api-keys", admin, json{{"name", "x"}, {"scopes", {"tokens:read"}}}), "tenant");
+                               json{{"name", "x"}, {"scopes", "tokens:read"}}),
+                        "/scopes");
+  check_invalid_request(
+      t.call(
+          "POST", "/v1/tenants/acme/api-keys", admin,
+          json{{"name", "x"}, {"scopes", {"tokens:read"}}, {"expires_at", "2001-01-01T00:00:00Z"}}),
+      "/expires_at");
+  check_invalid_request(
+      t.call("POST", "/v1/tenants/acme/api-keys", admin,
+             json{{"name", "x"}, {"scopes", {"tokens:read"}}, {"expires_at", "tomorrow"}}),
+      "/expires_at");
+  check_invalid_request(t.call("POST", "/v1/tenants/b%20ad/api-keys", admin,
+                               json{{"name", "x"}, {"scopes", {"tokens:read"}}}),
+                        "tenant");
   // Nothing was written by the failed calls.
   CHECK(t.call("GET", "/v1/tenants/acme/api-keys", admin).json()["items"].size() == 2);
 }

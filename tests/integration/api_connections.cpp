@@ -14,8 +14,11 @@ namespace {
 std::string setup(const tokend_process& t) {
   auto key = t.tenant_key("acme");
   REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
-                      {"token_url", "https://idp.example.com/token"}, {"refresh_token_lifetime", 86400}})
+                 json{{"type", "oauth2"},
+                      {"client_id", "c"},
+                      {"client_secret", "s"},
+                      {"token_url", "https://idp.example.com/token"},
+                      {"refresh_token_lifetime", 86400}})
               .status == 201);
   return key;
 }
@@ -28,9 +31,12 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   auto key = setup(t);
 
   auto r = t.call("PUT", "/v1/connections/cust-1", key,
-                  json{{"provider", "idp"}, {"access_token", "AT-one-secret"},
-                       {"refresh_token", "RT-one-secret"}, {"expires_in", 3600},
-                       {"scope", "data.records:read"}, {"metadata", {{"customer", 42}}}});
+                  json{{"provider", "idp"},
+                       {"access_token", "AT-one-secret"},
+                       {"refresh_token", "RT-one-secret"},
+                       {"expires_in", 3600},
+                       {"scope", "data.records:read"},
+                       {"metadata", {{"customer", 42}}}});
   REQUIRE(r.status == 201);
   auto v = r.json();
   CHECK(v["id"] == "cust-1");
@@ -46,9 +52,10 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   CHECK(!v["refresh_expires_at"].is_null());  // from the provider's refresh_token_lifetime
   CHECK(r.body.find("AT-one-secret") == std::string::npos);
   CHECK(r.body.find("RT-one-secret") == std::string::npos);
-  for (auto k : {"id", "provider", "status", "token_version", "access_expires_at", "refresh_expires_at",
-                 "scope", "metadata", "last_refreshed_at", "last_error", "reauth",
-                 "access_token_fingerprint", "refresh_token_fingerprint", "created_at", "updated_at"}) {
+  for (auto k :
+       {"id", "provider", "status", "token_version", "access_expires_at", "refresh_expires_at",
+        "scope", "metadata", "last_refreshed_at", "last_error", "reauth",
+        "access_token_fingerprint", "refresh_token_fingerprint", "created_at", "updated_at"}) {
     CHECK(v.contains(k));
   }
 
@@ -59,7 +66,9 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   CHECK(tok.header("cache-control") == "no-store");
 
   r = t.call("PUT", "/v1/connections/cust-1", key,
-             json{{"provider", "idp"}, {"access_token", "AT-two"}, {"expires_at", "2030-01-01T00:00:00Z"},
+             json{{"provider", "idp"},
+                  {"access_token", "AT-two"},
+                  {"expires_at", "2030-01-01T00:00:00Z"},
                   {"if_token_version", 1}});
   REQUIRE(r.status == 200);
   CHECK(r.json()["token_version"] == 2);
@@ -67,13 +76,15 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   CHECK(r.json()["refresh_token_fingerprint"].is_null());
   CHECK(r.json()["metadata"] == json{{"customer", 42}});  // kept when omitted
 
-  auto stale = t.call("PUT", "/v1/connections/cust-1", key,
-                      json{{"provider", "idp"}, {"access_token", "AT-lost"}, {"if_token_version", 1}});
+  auto stale =
+      t.call("PUT", "/v1/connections/cust-1", key,
+             json{{"provider", "idp"}, {"access_token", "AT-lost"}, {"if_token_version", 1}});
   CHECK(stale.status == 409);
   CHECK(stale.json()["code"] == "conflict");
   CHECK(t.call("GET", "/v1/tokens/cust-1", key).json()["access_token"] == "AT-two");
   CHECK(t.call("PUT", "/v1/connections/new-one", key,
-               json{{"provider", "idp"}, {"access_token", "x"}, {"if_token_version", 1}}).status == 409);
+               json{{"provider", "idp"}, {"access_token", "x"}, {"if_token_version", 1}})
+            .status == 409);
 
   auto events = t.call("GET", "/v1/connections/cust-1/events", key);
   REQUIRE(events.status == 200);
@@ -84,9 +95,9 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   CHECK(items[0]["token_version_before"] == 1);
   CHECK(items[0]["token_version_after"] == 2);
   CHECK(items[1]["token_version_after"] == 1);
-  for (auto k : {"id", "at", "trigger", "outcome", "attempt", "http_status", "oauth_error", "description",
-                 "token_version_before", "token_version_after", "duration_ms", "joined_count",
-                 "request_id", "instance"}) {
+  for (auto k : {"id", "at", "trigger", "outcome", "attempt", "http_status", "oauth_error",
+                 "description", "token_version_before", "token_version_after", "duration_ms",
+                 "joined_count", "request_id", "instance"}) {
     CHECK(items[0].contains(k));
   }
   CHECK(t.call("GET", "/v1/connections/cust-1/events?limit=1", key).json()["items"].size() == 1);
@@ -99,7 +110,8 @@ TEST_CASE("connections: import, view, replace with versions", "[api_connections]
   CHECK(t.call("GET", "/v1/connections/cust-1/events", key).status == 404);
   CHECK(t.call("DELETE", "/v1/connections/cust-1", key).status == 404);
   // Re-created: a fresh version 1 and a fresh history.
-  r = t.call("PUT", "/v1/connections/cust-1", key, json{{"provider", "idp"}, {"access_token", "AT-3"}});
+  r = t.call("PUT", "/v1/connections/cust-1", key,
+             json{{"provider", "idp"}, {"access_token", "AT-3"}});
   CHECK(r.status == 201);
   CHECK(r.json()["token_version"] == 1);
   CHECK(t.call("GET", "/v1/connections/cust-1/events", key).json()["items"].size() == 1);
@@ -111,7 +123,8 @@ TEST_CASE("tokens with JSON-special characters come back intact", "[api_connecti
   auto key = setup(t);
   const std::string odd = "a\"b\\c\nd\te\u00e9/\x01";
   REQUIRE(t.call("PUT", "/v1/connections/odd", key,
-                 json{{"provider", "idp"}, {"access_token", odd}, {"scope", "s \"q\""}}).status == 201);
+                 json{{"provider", "idp"}, {"access_token", odd}, {"scope", "s \"q\""}})
+              .status == 201);
   for (int i = 0; i < 2; ++i) {  // from the database, then from the cache
     auto r = t.call("GET", "/v1/tokens/odd", key);
     REQUIRE(r.status == 200);
@@ -126,7 +139,8 @@ TEST_CASE("connections: list with filters and an opaque cursor", "[api_connectio
   auto key = setup(t);
   for (int i = 0; i < 7; ++i) {
     REQUIRE(t.call("PUT", "/v1/connections/c" + std::to_string(i), key,
-                   json{{"provider", "idp"}, {"access_token", "a"}}).status == 201);
+                   json{{"provider", "idp"}, {"access_token", "a"}})
+                .status == 201);
   }
   std::vector<std::string> seen;
   std::string target = "/v1/connections?limit=3";
@@ -152,12 +166,14 @@ TEST_CASE("connections: list with filters and an opaque cursor", "[api_connectio
   check_invalid_request(t.call("GET", "/v1/connections?cursor=Zm9v", key), "cursor");
 }
 
-TEST_CASE("connections: bad input is 400 naming the field and writes nothing", "[api_connections]") {
+TEST_CASE("connections: bad input is 400 naming the field and writes nothing",
+          "[api_connections]") {
   scratch_database db;
   tokend_process t(db.url());
   auto key = setup(t);
   REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"}, {"access_token", "keep-me"}}).status == 201);
+                 json{{"provider", "idp"}, {"access_token", "keep-me"}})
+              .status == 201);
   const json ok = {{"provider", "idp"}, {"access_token", "new"}};
   auto with = [&](const std::string& k, json v) {
     json b = ok;
@@ -203,7 +219,8 @@ TEST_CASE("two writers racing on one token_version: exactly one wins", "[api_con
   for (int round = 0; round < 10; ++round) {
     const std::string id = "race-" + std::to_string(round);
     REQUIRE(t.call("PUT", "/v1/connections/" + id, key,
-                   json{{"provider", "idp"}, {"access_token", "v1"}}).status == 201);
+                   json{{"provider", "idp"}, {"access_token", "v1"}})
+                .status == 201);
     auto put = [&](std::string token) {
       return t.call("PUT", "/v1/connections/" + id, key,
                     json{{"provider", "idp"}, {"access_token", token}, {"if_token_version", 1}});

@@ -12,8 +12,10 @@ TEST_CASE("providers: airtable defaults, replace, secret handling", "[api_provid
   auto key = t.tenant_key("acme");
 
   auto r = t.call("PUT", "/v1/providers/airtable", key,
-                  json{{"type", "airtable"}, {"client_id", "cid-1"},
-                       {"client_secret", "super-secret-value"}, {"scopes", {"data.records:read"}}});
+                  json{{"type", "airtable"},
+                       {"client_id", "cid-1"},
+                       {"client_secret", "super-secret-value"},
+                       {"scopes", {"data.records:read"}}});
   REQUIRE(r.status == 201);
   auto p = r.json();
   CHECK(p["authorize_url"] == "https://airtable.com/oauth2/v1/authorize");
@@ -41,9 +43,13 @@ TEST_CASE("providers: airtable defaults, replace, secret handling", "[api_provid
   CHECK(g.body.find("super-secret-value") == std::string::npos);
 
   r = t.call("PUT", "/v1/providers/generic", key,
-             json{{"type", "oauth2"}, {"client_id", "c"}, {"token_url", "https://idp.example.com/token"},
-                  {"token_endpoint_auth_method", "none"}, {"refresh_scope", "a b"},
-                  {"default_expires_in", 120}, {"refresh_ahead", 30}});
+             json{{"type", "oauth2"},
+                  {"client_id", "c"},
+                  {"token_url", "https://idp.example.com/token"},
+                  {"token_endpoint_auth_method", "none"},
+                  {"refresh_scope", "a b"},
+                  {"default_expires_in", 120},
+                  {"refresh_ahead", 30}});
   REQUIRE(r.status == 201);
   CHECK(r.json()["client_secret_set"] == false);
   CHECK(r.json()["refresh_scope"] == "a b");
@@ -59,7 +65,9 @@ TEST_CASE("providers: bad input is 400 naming the field, nothing written", "[api
   scratch_database db;
   tokend_process t(db.url());
   auto key = t.tenant_key("acme");
-  const json ok = {{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+  const json ok = {{"type", "oauth2"},
+                   {"client_id", "c"},
+                   {"client_secret", "s"},
                    {"token_url", "https://idp.example.com/token"}};
   auto with = [&](const std::string& k, json v) {
     json b = ok;
@@ -73,7 +81,8 @@ TEST_CASE("providers: bad input is 400 naming the field, nothing written", "[api
   check_invalid_request(with("token_url", "not a url"), "/token_url");
   check_invalid_request(with("authorize_url", "ftp://x/y"), "/authorize_url");
   check_invalid_request(with("canary_url", "https://user:pw@x/y"), "/canary_url");
-  check_invalid_request(with("token_endpoint_auth_method", "private_key_jwt"), "/token_endpoint_auth_method");
+  check_invalid_request(with("token_endpoint_auth_method", "private_key_jwt"),
+                        "/token_endpoint_auth_method");
   check_invalid_request(with("pkce", "yes"), "/pkce");
   check_invalid_request(with("scopes", {"a b"}), "/scopes/0");
   check_invalid_request(with("scopes", {1}), "/scopes/0");
@@ -90,9 +99,11 @@ TEST_CASE("providers: bad input is 400 naming the field, nothing written", "[api
   no_secret["token_endpoint_auth_method"] = "client_secret_post";
   check_invalid_request(t.call("PUT", "/v1/providers/p1", key, no_secret), "/client_secret");
   check_invalid_request(t.call("PUT", "/v1/providers/.bad", key, ok), "provider");
-  check_invalid_request(t.call("PUT", "/v1/providers/airtable", key,
-                       json{{"type", "airtable"}, {"client_id", "c"}, {"client_secret", "s"}, {"pkce", false}}),
-                "/pkce");
+  check_invalid_request(
+      t.call(
+          "PUT", "/v1/providers/airtable", key,
+          json{{"type", "airtable"}, {"client_id", "c"}, {"client_secret", "s"}, {"pkce", false}}),
+      "/pkce");
   CHECK(t.call("GET", "/v1/providers", key).json()["items"].empty());
 }
 
@@ -102,7 +113,9 @@ TEST_CASE("http provider URLs are allowed only with TOKEND_ALLOW_INSECURE_PROVID
   tokend_process t(db.url(), {{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}});
   auto key = t.tenant_key("acme");
   auto r = t.call("PUT", "/v1/providers/local", key,
-                  json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+                  json{{"type", "oauth2"},
+                       {"client_id", "c"},
+                       {"client_secret", "s"},
                        {"token_url", "http://127.0.0.1:9/token"}});
   CHECK(r.status == 201);
 }

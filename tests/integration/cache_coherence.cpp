@@ -24,19 +24,23 @@ struct pair_rig {
   std::string key;
 
   explicit pair_rig(std::map<std::string, std::string> b_env = {}) {
-    a = std::make_unique<tokend_process>(db.url(), std::map<std::string, std::string>{
-                                                       {"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}});
+    a = std::make_unique<tokend_process>(
+        db.url(), std::map<std::string, std::string>{{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}});
     b_env.emplace("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1");
     b = std::make_unique<tokend_process>(db.url(), b_env);
     key = a->tenant_key("acme");
     REQUIRE(a->call("PUT", "/v1/providers/idp", key,
-                    json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+                    json{{"type", "oauth2"},
+                         {"client_id", "c"},
+                         {"client_secret", "s"},
                          {"token_url", fake.url("/token")}})
                 .status == 201);
   }
   void import(const std::string& id, const std::string& access, tokend_process& via) {
     auto r = via.call("PUT", "/v1/connections/" + id, key,
-                      json{{"provider", "idp"}, {"access_token", access}, {"refresh_token", "rt-" + id},
+                      json{{"provider", "idp"},
+                           {"access_token", access},
+                           {"refresh_token", "rt-" + id},
                            {"expires_in", 3600}});
     REQUIRE(r.status < 300);
   }
@@ -51,8 +55,9 @@ struct pair_rig {
 int listener_pid(const std::string& url) {
   pqxx::connection c(url);
   pqxx::read_transaction tx(c);
-  auto r = tx.exec("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
-                   "application_name = 'tokend-listener' ORDER BY backend_start");
+  auto r = tx.exec(
+      "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+      "application_name = 'tokend-listener' ORDER BY backend_start");
   return r.empty() ? 0 : r[0][0].as<int>();
 }
 
@@ -99,17 +104,21 @@ TEST_CASE("changes on instance A reach instance B's caches within a second", "[c
   SECTION("needs_reauth") {
     r.fake.control("POST", "/control/script",
                    json{{"steps", {{{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}}});
-    REQUIRE(r.a->call("POST", "/v1/tokens/c1/refresh", r.key, json{{"if_token_version", 1}}).status == 409);
+    REQUIRE(
+        r.a->call("POST", "/v1/tokens/c1/refresh", r.key, json{{"if_token_version", 1}}).status ==
+        409);
     CHECK(eventually([&] { return r.get(*r.b, "c1").status == 409; }, 1s));
   }
   SECTION("key revocation") {
     auto k2 = r.a->call("POST", "/v1/tenants/acme/api-keys", kTestAdminToken,
-                        json{{"name", "k2"}, {"scopes", {"tokens:read"}}}).json();
+                        json{{"name", "k2"}, {"scopes", {"tokens:read"}}})
+                  .json();
     const auto secret = k2["key"].get<std::string>();
     REQUIRE(r.get(*r.b, "c1", secret).status == 200);  // principal cached on B
     REQUIRE(r.get(*r.b, "c1", secret).status == 200);
     REQUIRE(r.a->call("DELETE", "/v1/tenants/acme/api-keys/" + k2["id"].get<std::string>(),
-                      kTestAdminToken).status == 204);
+                      kTestAdminToken)
+                .status == 204);
     CHECK(eventually([&] { return r.get(*r.b, "c1", secret).status == 401; }, 1s));
   }
 }
@@ -124,12 +133,14 @@ TEST_CASE("a terminated listener reconnects, flushes, and caching resumes", "[ca
   {
     pqxx::connection c(r.db.url());
     pqxx::nontransaction tx(c);
-    tx.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
-            "current_database() AND application_name = 'tokend-listener'");
+    tx.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+        "current_database() AND application_name = 'tokend-listener'");
   }
   r.import("c1", "at-2", *r.a);
   CHECK(eventually([&] { return r.get(*r.b, "c1").json()["access_token"] == "at-2"; }, 1s));
-  REQUIRE(eventually([&] { return r.metric(*r.b, "tokend_listener_reconnects_total") > reconnects; }, 5s));
+  REQUIRE(eventually(
+      [&] { return r.metric(*r.b, "tokend_listener_reconnects_total") > reconnects; }, 5s));
   // After the reconnect the old state is never served, and the cache is used again.
   for (int i = 0; i < 5; ++i) CHECK(r.get(*r.b, "c1").json()["access_token"] == "at-2");
   const auto hits = r.metric(*r.b, "tokend_cache_events_total{kind=\"hit\"}");
@@ -167,18 +178,23 @@ TEST_CASE("a read delayed past a notification for its key never caches the old s
     std::this_thread::sleep_for(400ms);
     r.fake.control("POST", "/control/script",
                    json{{"steps", {{{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}}});
-    REQUIRE(r.a->call("POST", "/v1/tokens/c1/refresh", r.key, json{{"if_token_version", 1}}).status == 409);
+    REQUIRE(
+        r.a->call("POST", "/v1/tokens/c1/refresh", r.key, json{{"if_token_version", 1}}).status ==
+        409);
     pending.get();
     CHECK(r.get(*r.b, "c1").status == 409);
   }
   SECTION("key revocation") {
     auto k2 = r.a->call("POST", "/v1/tenants/acme/api-keys", kTestAdminToken,
-                        json{{"name", "k2"}, {"scopes", {"connections:read"}}}).json();
+                        json{{"name", "k2"}, {"scopes", {"connections:read"}}})
+                  .json();
     const auto secret = k2["key"].get<std::string>();
-    auto pending = std::async(std::launch::async, [&] { return r.b->call("GET", "/v1/connections", secret); });
+    auto pending =
+        std::async(std::launch::async, [&] { return r.b->call("GET", "/v1/connections", secret); });
     std::this_thread::sleep_for(400ms);
     REQUIRE(r.a->call("DELETE", "/v1/tenants/acme/api-keys/" + k2["id"].get<std::string>(),
-                      kTestAdminToken).status == 204);
+                      kTestAdminToken)
+                .status == 204);
     CHECK(pending.get().status == 200);  // authenticated before the revocation
     CHECK(r.b->call("GET", "/v1/connections", secret).status == 401);
   }
@@ -189,8 +205,11 @@ TEST_CASE("the token cache stays within its bound", "[cache_coherence]") {
   tokend_process t(db.url(), {{"TOKEND_TOKEN_CACHE_SIZE", "1000"}});
   auto key = t.tenant_key("acme");
   REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"}, {"client_id", "c"}, {"token_url", "https://x.example/t"},
-                      {"token_endpoint_auth_method", "none"}}).status == 201);
+                 json{{"type", "oauth2"},
+                      {"client_id", "c"},
+                      {"token_url", "https://x.example/t"},
+                      {"token_endpoint_auth_method", "none"}})
+              .status == 201);
   constexpr int kConnections = 10000;
   seed_connections(db.url(), "acme", "idp", kConnections,
                    [](int i) { return "at-" + std::to_string(i); });

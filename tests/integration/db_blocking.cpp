@@ -15,9 +15,10 @@ namespace {
 int waiting_backends(const std::string& url) {
   pqxx::connection c(url);
   pqxx::nontransaction tx(c);
-  return tx.exec1(
-               "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokend-short' "
-               "AND wait_event_type = 'Lock' AND datname = current_database()")[0]
+  return tx
+      .exec1(
+          "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokend-short' "
+          "AND wait_event_type = 'Lock' AND datname = current_database()")[0]
       .as<int>();
 }
 
@@ -36,9 +37,8 @@ TEST_CASE("healthz answers while every DB connection is blocked", "[db_blocking]
 
   std::vector<std::future<http_reply>> stuck;
   for (int i = 0; i < 3; ++i) {
-    stuck.push_back(std::async(std::launch::async, [&] {
-      return http_call(t.address(), "GET", "/readyz", "", {}, 40s);
-    }));
+    stuck.push_back(std::async(
+        std::launch::async, [&] { return http_call(t.address(), "GET", "/readyz", "", {}, 40s); }));
   }
   REQUIRE(eventually([&] { return waiting_backends(db.url()) == 3; }, 10s));
 

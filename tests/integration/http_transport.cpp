@@ -97,7 +97,8 @@ TEST_CASE("transport: routing, request ids, limits, slow clients", "[http_transp
     auto m = t.get("/metrics");
     CHECK(m.status == 200);
     CHECK(m.header("content-type").rfind("text/plain", 0) == 0);
-    CHECK(m.body.find("tokend_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}") !=
+    CHECK(m.body.find(
+              "tokend_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}") !=
           std::string::npos);
     CHECK(m.body.find("route=\"unmatched\",status=\"404\"") != std::string::npos);
     CHECK(m.body.find("tokend_http_request_duration_seconds_bucket") != std::string::npos);

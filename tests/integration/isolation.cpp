@@ -14,11 +14,12 @@ std::string snapshot(const std::string& url, const std::string& tenant) {
   pqxx::connection c(url);
   pqxx::read_transaction tx(c);
   std::string out;
-  for (const auto& q : {"SELECT string_agg(id || ':' || token_version || ':' || access_token_fp || ':' || "
-                        "encode(access_token_ct, 'hex'), ',' ORDER BY id) FROM connections WHERE tenant_id = $1",
-                        "SELECT string_agg(id || ':' || client_id || ':' || encode(client_secret_ct, 'hex'), ',' "
-                        "ORDER BY id) FROM providers WHERE tenant_id = $1",
-                        "SELECT count(*)::text FROM connection_events WHERE tenant_id = $1"}) {
+  for (const auto& q :
+       {"SELECT string_agg(id || ':' || token_version || ':' || access_token_fp || ':' || "
+        "encode(access_token_ct, 'hex'), ',' ORDER BY id) FROM connections WHERE tenant_id = $1",
+        "SELECT string_agg(id || ':' || client_id || ':' || encode(client_secret_ct, 'hex'), ',' "
+        "ORDER BY id) FROM providers WHERE tenant_id = $1",
+        "SELECT count(*)::text FROM connection_events WHERE tenant_id = $1"}) {
     auto r = tx.exec_params1(q, tenant);
     out += (r[0].is_null() ? "" : r[0].as<std::string>()) + "|";
   }
@@ -33,10 +34,15 @@ TEST_CASE("tenant A's keys cannot read or change tenant B's resources", "[isolat
   auto a = t.tenant_key("tenant-a");
   auto b = t.tenant_key("tenant-b");
   REQUIRE(t.call("PUT", "/v1/providers/b-idp", b,
-                 json{{"type", "oauth2"}, {"client_id", "b-client"}, {"client_secret", "b-secret"},
-                      {"token_url", "https://idp.example.com/token"}}).status == 201);
+                 json{{"type", "oauth2"},
+                      {"client_id", "b-client"},
+                      {"client_secret", "b-secret"},
+                      {"token_url", "https://idp.example.com/token"}})
+              .status == 201);
   REQUIRE(t.call("PUT", "/v1/connections/b-conn", b,
-                 json{{"provider", "b-idp"}, {"access_token", "b-access"}, {"refresh_token", "b-refresh"}})
+                 json{{"provider", "b-idp"},
+                      {"access_token", "b-access"},
+                      {"refresh_token", "b-refresh"}})
               .status == 201);
   const auto before = snapshot(db.url(), "tenant-b");
 
@@ -59,7 +65,8 @@ TEST_CASE("tenant A's keys cannot read or change tenant B's resources", "[isolat
   };
   for (const auto& p : probes) {
     INFO(p.method << " " << p.target);
-    auto r = p.body.is_null() ? t.call(p.method, p.target, a) : t.call(p.method, p.target, a, p.body);
+    auto r =
+        p.body.is_null() ? t.call(p.method, p.target, a) : t.call(p.method, p.target, a, p.body);
     CHECK(r.status == p.expect);
     CHECK(r.body.find("b-access") == std::string::npos);
     CHECK(r.body.find("b-client") == std::string::npos);
@@ -69,10 +76,14 @@ TEST_CASE("tenant A's keys cannot read or change tenant B's resources", "[isolat
   CHECK(t.call("GET", "/v1/connections", a).json()["items"].empty());
   // A PUT under the same ids creates A's own resources, leaving B's alone.
   CHECK(t.call("PUT", "/v1/providers/b-idp", a,
-               json{{"type", "oauth2"}, {"client_id", "a-client"}, {"client_secret", "a-secret"},
-                    {"token_url", "https://idp.example.com/token"}}).status == 201);
+               json{{"type", "oauth2"},
+                    {"client_id", "a-client"},
+                    {"client_secret", "a-secret"},
+                    {"token_url", "https://idp.example.com/token"}})
+            .status == 201);
   CHECK(t.call("PUT", "/v1/connections/b-conn", a,
-               json{{"provider", "b-idp"}, {"access_token", "a-access"}}).status == 201);
+               json{{"provider", "b-idp"}, {"access_token", "a-access"}})
+            .status == 201);
   CHECK(t.call("GET", "/v1/tokens/b-conn", a).json()["access_token"] == "a-access");
   CHECK(t.call("GET", "/v1/tokens/b-conn", b).json()["access_token"] == "b-access");
   CHECK(t.call("GET", "/v1/providers/b-idp", b).json()["client_id"] == "b-client");
@@ -84,11 +95,17 @@ TEST_CASE("every tenant endpoint enforces its scope; admin token gets 403", "[is
   tokend_process t(db.url());
   auto full = t.tenant_key("acme");
   REQUIRE(t.call("PUT", "/v1/providers/idp", full,
-                 json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
-                      {"token_url", "https://idp.example.com/token"}}).status == 201);
-  REQUIRE(t.call("PUT", "/v1/connections/c1", full, json{{"provider", "idp"}, {"access_token", "a"}})
+                 json{{"type", "oauth2"},
+                      {"client_id", "c"},
+                      {"client_secret", "s"},
+                      {"token_url", "https://idp.example.com/token"}})
               .status == 201);
-  const json provider_body = {{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+  REQUIRE(
+      t.call("PUT", "/v1/connections/c1", full, json{{"provider", "idp"}, {"access_token", "a"}})
+          .status == 201);
+  const json provider_body = {{"type", "oauth2"},
+                              {"client_id", "c"},
+                              {"client_secret", "s"},
                               {"token_url", "https://idp.example.com/token"}};
   const json conn_body = {{"provider", "idp"}, {"access_token", "a"}};
   struct endpoint {
@@ -113,7 +130,8 @@ TEST_CASE("every tenant endpoint enforces its scope; admin token gets 403", "[is
   for (const auto& e : endpoints) {
     INFO(e.method << " " << e.target);
     auto send = [&](const std::string& key) {
-      return e.body.is_null() ? t.call(e.method, e.target, key) : t.call(e.method, e.target, key, e.body);
+      return e.body.is_null() ? t.call(e.method, e.target, key)
+                              : t.call(e.method, e.target, key, e.body);
     };
     for (const auto& s : scopes) {
       if (s == e.scope) continue;

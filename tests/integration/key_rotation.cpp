@@ -1,7 +1,7 @@
 // `tokend rotate-keys` while tokend serves: no read fails, no write is lost, every row ends
 // under the new key, and a second run is a no-op.
-#include <catch2/catch.hpp>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <pqxx/pqxx>
 #include <thread>
 
@@ -23,12 +23,16 @@ TEST_CASE("rotate-keys races with compare-and-swap writes and reads", "[key_rota
     tokend_process t(db.url(), {{"TOKEND_MASTER_KEYS", old_keys}});
     key = t.tenant_key("acme");
     REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                   json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
-                        {"token_url", "https://idp.example.com/token"}}).status == 201);
+                   json{{"type", "oauth2"},
+                        {"client_id", "c"},
+                        {"client_secret", "s"},
+                        {"token_url", "https://idp.example.com/token"}})
+                .status == 201);
     for (int i = 0; i < kConnections; ++i) {
-      REQUIRE(t.call("PUT", "/v1/connections/c" + std::to_string(i), key,
-                     json{{"provider", "idp"}, {"access_token", "tok-" + std::to_string(i) + "-v1"}})
-                  .status == 201);
+      REQUIRE(
+          t.call("PUT", "/v1/connections/c" + std::to_string(i), key,
+                 json{{"provider", "idp"}, {"access_token", "tok-" + std::to_string(i) + "-v1"}})
+              .status == 201);
     }
   }
   tokend_process t(db.url(), {{"TOKEND_MASTER_KEYS", new_keys}, {"TOKEND_DB_POOL_SIZE", "8"}});
@@ -42,7 +46,8 @@ TEST_CASE("rotate-keys races with compare-and-swap writes and reads", "[key_rota
       for (int i = 0; i < 50 && !stop; ++i) {
         auto r = t.call("PUT", "/v1/connections/c" + std::to_string(i), key,
                         json{{"provider", "idp"},
-                             {"access_token", "tok-" + std::to_string(i) + "-v" + std::to_string(versions[i] + 1)},
+                             {"access_token",
+                              "tok-" + std::to_string(i) + "-v" + std::to_string(versions[i] + 1)},
                              {"if_token_version", versions[i]}});
         if (r.status == 200) {
           ++versions[i];
@@ -61,8 +66,9 @@ TEST_CASE("rotate-keys races with compare-and-swap writes and reads", "[key_rota
     }
   });
   std::this_thread::sleep_for(200ms);
-  auto rotate = run_command({TOKEND_BINARY, "rotate-keys", "--batch=5"},
-                            {{"TOKEND_DATABASE_URL", db.url()}, {"TOKEND_MASTER_KEYS", new_keys}}, 120s);
+  auto rotate =
+      run_command({TOKEND_BINARY, "rotate-keys", "--batch=5"},
+                  {{"TOKEND_DATABASE_URL", db.url()}, {"TOKEND_MASTER_KEYS", new_keys}}, 120s);
   std::this_thread::sleep_for(200ms);
   stop = true;
   writer.join();
@@ -93,6 +99,7 @@ TEST_CASE("rotate-keys races with compare-and-swap writes and reads", "[key_rota
   CHECK(again.output.find("0/0 rows re-sealed") != std::string::npos);
 
   // Only the new key now: everything still opens.
-  tokend_process only_new(db.url(), {{"TOKEND_MASTER_KEYS", "k2:" + tokend::crypto::base64(std::string(32, 'k'))}});
+  tokend_process only_new(
+      db.url(), {{"TOKEND_MASTER_KEYS", "k2:" + tokend::crypto::base64(std::string(32, 'k'))}});
   CHECK(only_new.call("GET", "/v1/tokens/c399", key).status == 200);
 }

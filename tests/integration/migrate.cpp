@@ -1,7 +1,7 @@
 // Three `tokend migrate` processes started together apply each migration exactly once.
 #include <catch2/catch.hpp>
-#include <pqxx/pqxx>
 #include <filesystem>
+#include <pqxx/pqxx>
 #include <sstream>
 
 #include "store/migrations.hpp"

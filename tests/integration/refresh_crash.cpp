@@ -26,11 +26,15 @@ std::map<std::string, std::string> env(std::map<std::string, std::string> extra 
 std::string setup(const tokend_process& t, const node_peer& fake) {
   auto key = t.tenant_key("acme");
   REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+                 json{{"type", "oauth2"},
+                      {"client_id", "c"},
+                      {"client_secret", "s"},
                       {"token_url", fake.url("/token")}})
               .status == 201);
   REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"}, {"access_token", "old-at"}, {"refresh_token", "old-rt"},
+                 json{{"provider", "idp"},
+                      {"access_token", "old-at"},
+                      {"refresh_token", "old-rt"},
                       {"expires_at", kPast}})
               .status == 201);
   return key;
@@ -43,8 +47,10 @@ std::optional<std::string> stored_refresh(const std::string& url) {
 int locked_waiters(const std::string& url) {
   pqxx::connection c(url);
   pqxx::read_transaction tx(c);
-  return tx.exec1("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                  "AND application_name = 'tokend-refresh' AND wait_event_type = 'Lock'")[0]
+  return tx
+      .exec1(
+          "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+          "AND application_name = 'tokend-refresh' AND wait_event_type = 'Lock'")[0]
       .as<int>();
 }
 
@@ -61,11 +67,13 @@ TEST_CASE("SIGKILL of the lock holder while the provider stalls: another instanc
   fake.control("POST", "/control/script", json{{"steps", {{{"stall_before_read_ms", 8000}}}}});
 
   auto at_a = std::async(std::launch::async, [&] {
-    return http_call(a.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}}, 25s);
+    return http_call(a.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}},
+                     25s);
   });
   REQUIRE(eventually([&] { return fake.control("GET", "/control/requests")["count"] == 1; }, 10s));
   auto at_b = std::async(std::launch::async, [&] {
-    return http_call(b.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}}, 25s);
+    return http_call(b.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}},
+                     25s);
   });
   REQUIRE(eventually([&] { return locked_waiters(db.url()) == 1; }, 10s));  // B waits for A's lock
 
@@ -93,10 +101,12 @@ TEST_CASE("the database restarts between the provider's answer and the commit: n
   scratch_database db(cluster.socket_dir());
   tokend_process t(db.url(), env({{"TOKEND_REQUEST_TIMEOUT", "30"}}));
   auto key = setup(t, fake);
-  fake.control("POST", "/control/script", json{{"steps", {{{"delay_ms", 3000}, {"default", true}}}}});
+  fake.control("POST", "/control/script",
+               json{{"steps", {{{"delay_ms", 3000}, {"default", true}}}}});
 
   auto pending = std::async(std::launch::async, [&] {
-    return http_call(t.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}}, 60s);
+    return http_call(t.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}},
+                     60s);
   });
   REQUIRE(eventually([&] { return fake.control("GET", "/control/requests")["count"] == 1; }, 10s));
   cluster.stop();  // the locking transaction's connection dies while the provider answers
@@ -117,9 +127,11 @@ TEST_CASE("SIGTERM waits for a refresh in flight to commit", "[refresh_crash]") 
   scratch_database db;
   tokend_process t(db.url(), env());
   auto key = setup(t, fake);
-  fake.control("POST", "/control/script", json{{"steps", {{{"delay_ms", 1500}, {"default", true}}}}});
+  fake.control("POST", "/control/script",
+               json{{"steps", {{{"delay_ms", 1500}, {"default", true}}}}});
   auto pending = std::async(std::launch::async, [&] {
-    return http_call(t.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}}, 30s);
+    return http_call(t.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}},
+                     30s);
   });
   REQUIRE(eventually([&] { return fake.control("GET", "/control/requests")["count"] == 1; }, 10s));
   t.process().signal(SIGTERM);

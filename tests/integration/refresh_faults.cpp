@@ -40,8 +40,10 @@ struct rig {
     return env;
   }
   void import(const std::string& id, json extra = json::object()) {
-    json b = {{"provider", "idp"}, {"access_token", "old-access-" + id},
-              {"refresh_token", "old-refresh-" + id}, {"expires_at", kPast}};
+    json b = {{"provider", "idp"},
+              {"access_token", "old-access-" + id},
+              {"refresh_token", "old-refresh-" + id},
+              {"expires_at", kPast}};
     for (auto& [k, v] : extra.items()) {
       if (v.is_null()) {
         b.erase(k);
@@ -125,7 +127,8 @@ TEST_CASE("client_secret_post, refresh_scope and a provider without rotation", "
 TEST_CASE("503, 503, then 200: retried with back-off, the caller gets 200", "[refresh_faults]") {
   rig r;
   r.import("c1");
-  r.script(json::array({{{"status", 503}, {"body", "busy"}}, {{"status", 503}}, {{"default", true}}}));
+  r.script(
+      json::array({{{"status", 503}, {"body", "busy"}}, {{"status", 503}}, {{"default", true}}}));
   auto res = r.get("c1");
   REQUIRE(res.status == 200);
   CHECK(res.json()["access_token"] == "fake-at-1");
@@ -142,7 +145,8 @@ TEST_CASE("503, 503, then 200: retried with back-off, the caller gets 200", "[re
 TEST_CASE("429 with Retry-After is respected", "[refresh_faults]") {
   rig r;
   r.import("c1");
-  r.script(json::array({{{"status", 429}, {"headers", {{"Retry-After", "1"}}}}, {{"default", true}}}));
+  r.script(
+      json::array({{{"status", 429}, {"headers", {{"Retry-After", "1"}}}}, {{"default", true}}}));
   REQUIRE(r.get("c1").status == 200);
   auto reqs = r.requests();
   REQUIRE(reqs.size() == 2);
@@ -175,7 +179,10 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
   rig r;
   SECTION("500 with an HTML body is 502 provider_error, connection unchanged") {
     r.import("c1");
-    r.script(json::array({{{"status", 500}, {"body", "<html>oops</html>"}, {"headers", {{"Content-Type", "text/html"}}}, {"repeat", 3}}}));
+    r.script(json::array({{{"status", 500},
+                           {"body", "<html>oops</html>"},
+                           {"headers", {{"Content-Type", "text/html"}}},
+                           {"repeat", 3}}}));
     auto res = r.get("c1");
     // 5xx is transient first; after the attempts the expired token cannot be served.
     CHECK(res.status == 503);
@@ -226,7 +233,11 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
   }
   SECTION("200 with negative expires_in uses the default lifetime") {
     r.import("c1");
-    r.script(json::array({{{"json", {{"access_token", "at"}, {"refresh_token", "rt"}, {"expires_in", -5}, {"token_type", "weird"}}}}}));
+    r.script(json::array({{{"json",
+                            {{"access_token", "at"},
+                             {"refresh_token", "rt"},
+                             {"expires_in", -5},
+                             {"token_type", "weird"}}}}}));
     auto res = r.get("c1");
     REQUIRE(res.status == 200);
     CHECK(res.json()["expires_in"].get<int>() > 3500);
@@ -247,9 +258,11 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
     CHECK(r.provider_calls() == 1);
     CHECK(r.events("c2")[0]["outcome"] == "deferred");
   }
-  SECTION("a dropped connection after processing is in_doubt; invalid_grant then means lost_rotation") {
+  SECTION(
+      "a dropped connection after processing is in_doubt; invalid_grant then means lost_rotation") {
     r.import("c1");
-    r.script(json::array({{{"drop", true}}, {{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}));
+    r.script(
+        json::array({{{"drop", true}}, {{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}));
     auto res = r.get("c1");
     CHECK(res.status == 409);
     CHECK(res.json()["code"] == "reauth_required");
@@ -266,15 +279,20 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
     CHECK(r.get("c1").status == 503);
     r.script(json::array({{{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}));
     http_reply res;
-    CHECK(eventually([&] {
-      res = r.get("c1");
-      return res.status == 409;
-    }, 10s));
+    CHECK(eventually(
+        [&] {
+          res = r.get("c1");
+          return res.status == 409;
+        },
+        10s));
     CHECK(res.json()["reauth"]["reason"] == "lost_rotation");
   }
   SECTION("invalid_grant opens the circuit: 409 on every later call, no provider call") {
     r.import("c1");
-    r.script(json::array({{{"status", 400}, {"json", {{"error", "invalid_grant"}, {"error_description", "grant request is invalid"}}}}}));
+    r.script(json::array(
+        {{{"status", 400},
+          {"json",
+           {{"error", "invalid_grant"}, {"error_description", "grant request is invalid"}}}}}));
     auto res = r.get("c1");
     CHECK(res.status == 409);
     CHECK(res.json()["reauth"]["reason"] == "grant_revoked");
@@ -289,7 +307,11 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
     CHECK(v["last_error"]["http_status"] == 400);
     // Re-import closes the circuit.
     REQUIRE(r.t.call("PUT", "/v1/connections/c1", r.key,
-                     json{{"provider", "idp"}, {"access_token", "a"}, {"refresh_token", "new-rt"}, {"expires_at", kPast}}).status == 200);
+                     json{{"provider", "idp"},
+                          {"access_token", "a"},
+                          {"refresh_token", "new-rt"},
+                          {"expires_at", kPast}})
+                .status == 200);
     CHECK(r.get("c1").status == 200);
   }
   SECTION("an expired refresh token makes invalid_grant a refresh_token_expired") {
@@ -298,8 +320,10 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
     r.script(json::array({{{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}));
     CHECK(r.get("c1").json()["reauth"]["reason"] == "refresh_token_expired");
   }
-  SECTION("imported without a refresh token: served until expiry, then 409 without a provider call") {
-    r.import("valid", json{{"refresh_token", nullptr}, {"expires_at", nullptr}, {"expires_in", 100}});
+  SECTION(
+      "imported without a refresh token: served until expiry, then 409 without a provider call") {
+    r.import("valid",
+             json{{"refresh_token", nullptr}, {"expires_at", nullptr}, {"expires_in", 100}});
     CHECK(r.get("valid", "?min_ttl=3000").status == 200);
     r.import("gone", json{{"refresh_token", nullptr}});
     auto res = r.get("gone");
@@ -310,13 +334,15 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
   }
 }
 
-TEST_CASE("conditional refresh: stale, current, future versions and an outage", "[refresh_faults]") {
+TEST_CASE("conditional refresh: stale, current, future versions and an outage",
+          "[refresh_faults]") {
   rig r;
   r.import("c1", json{{"expires_at", nullptr}, {"expires_in", 3600}});
   SECTION("current version: 50 concurrent callers, one refresh") {
     std::vector<std::future<http_reply>> calls;
     for (int i = 0; i < 50; ++i) {
-      calls.push_back(std::async(std::launch::async, [&] { return r.post_refresh("c1", R"({"if_token_version":1})"); }));
+      calls.push_back(std::async(
+          std::launch::async, [&] { return r.post_refresh("c1", R"({"if_token_version":1})"); }));
     }
     std::set<std::string> tokens;
     for (auto& c : calls) {
@@ -349,7 +375,8 @@ TEST_CASE("conditional refresh: stale, current, future versions and an outage", 
     CHECK(res.body.find("old-access") == std::string::npos);
   }
   SECTION("bad bodies are 400 and change nothing") {
-    CHECK(r.post_refresh("c1", R"({"if_token_version":"1"})").json()["field"] == "/if_token_version");
+    CHECK(r.post_refresh("c1", R"({"if_token_version":"1"})").json()["field"] ==
+          "/if_token_version");
     CHECK(r.post_refresh("c1", R"({"if_token_version":0})").json()["field"] == "/if_token_version");
     CHECK(r.post_refresh("c1", R"({"other":1})").json()["field"] == "/other");
     CHECK(r.post_refresh("c1", "[1]").status == 400);
@@ -391,11 +418,15 @@ TEST_CASE("the outbound address rule refuses loopback token endpoints at connect
     INFO(host);
     const std::string id = host == "localhost" ? "c-local" : "c-ip";
     REQUIRE(t.call("PUT", "/v1/providers/p-" + id, key,
-                   json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+                   json{{"type", "oauth2"},
+                        {"client_id", "c"},
+                        {"client_secret", "s"},
                         {"token_url", "https://" + host + ":9/token"}})
                 .status == 201);
     REQUIRE(t.call("PUT", "/v1/connections/" + id, key,
-                   json{{"provider", "p-" + id}, {"access_token", "a"}, {"refresh_token", "r"},
+                   json{{"provider", "p-" + id},
+                        {"access_token", "a"},
+                        {"refresh_token", "r"},
                         {"expires_at", kPast}})
                 .status == 201);
     auto r = t.call("GET", "/v1/tokens/" + id, key);

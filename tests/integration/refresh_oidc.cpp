@@ -1,7 +1,7 @@
 // The refresh engine against a real OAuth 2.0 server (oidc-provider, configured like Airtable:
 // rotating refresh tokens, reuse of a consumed one revokes the whole grant).
-#include <catch2/catch.hpp>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <future>
 #include <pqxx/pqxx>
 #include <random>
@@ -39,9 +39,7 @@ struct oidc_rig {
                 .status == 201);
     return key;
   }
-  json mint(int n) {
-    return idp.control("POST", "/test/grants", json{{"count", n}})["items"];
-  }
+  json mint(int n) { return idp.control("POST", "/test/grants", json{{"count", n}})["items"]; }
   json stats() { return idp.control("GET", "/test/stats"); }
   void import(const tokend_process& t, const std::string& key, const std::string& id,
               const json& grant) {
@@ -157,8 +155,10 @@ TEST_CASE("a grant revoked at the provider: one failing call, then 409 with no p
   // A re-import with a fresh grant closes the circuit.
   auto fresh = rig.mint(1)[0];
   REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "airtable"}, {"access_token", fresh["access_token"]},
-                      {"refresh_token", fresh["refresh_token"]}, {"expires_at", kPast}})
+                 json{{"provider", "airtable"},
+                      {"access_token", fresh["access_token"]},
+                      {"refresh_token", fresh["refresh_token"]},
+                      {"expires_at", kPast}})
               .status == 200);
   CHECK(t.call("GET", "/v1/tokens/c1", key).status == 200);
   CHECK(rig.stats()["refresh_success"] == 1);
@@ -171,7 +171,8 @@ TEST_CASE("500 expired connections x 20 callers over 3 instances: exactly 500 re
   std::vector<std::unique_ptr<tokend_process>> instances;
   for (int i = 0; i < kInstances; ++i) {
     instances.push_back(std::make_unique<tokend_process>(
-        rig.db.url(), rig.env({{"TOKEND_THREADS", "2"}, {"TOKEND_DB_POOL_SIZE", "8"},
+        rig.db.url(), rig.env({{"TOKEND_THREADS", "2"},
+                               {"TOKEND_DB_POOL_SIZE", "8"},
                                {"TOKEND_REFRESH_POOL_SIZE", "16"}})));
   }
   auto key = oidc_rig::setup_tenant(*instances[0], rig.idp.url("/token"));
@@ -215,7 +216,8 @@ TEST_CASE("500 expired connections x 20 callers over 3 instances: exactly 500 re
   }
   for (auto& w : workers) w.join();
   const auto wall = std::chrono::steady_clock::now() - start;
-  INFO("wall time " << std::chrono::duration_cast<std::chrono::milliseconds>(wall).count() << " ms");
+  INFO("wall time " << std::chrono::duration_cast<std::chrono::milliseconds>(wall).count()
+                    << " ms");
   for (auto& [what, n] : failures) UNSCOPED_INFO(n << " x " << what);
   CHECK(ok == kConnections * kCallers);
   CHECK(failed == 0);

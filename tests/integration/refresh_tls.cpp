@@ -24,11 +24,15 @@ TEST_CASE("token endpoint over TLS: verified certificate and host name", "[refre
   auto setup = [&](const tokend_process& t, const std::string& host) {
     auto key = t.tenant_key("acme");
     REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                   json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
+                   json{{"type", "oauth2"},
+                        {"client_id", "c"},
+                        {"client_secret", "s"},
                         {"token_url", "https://" + host + ":" + port + "/token"}})
                 .status < 300);
     auto put = t.call("PUT", "/v1/connections/c-" + host, key,
-                      json{{"provider", "idp"}, {"access_token", "a"}, {"refresh_token", "r"},
+                      json{{"provider", "idp"},
+                           {"access_token", "a"},
+                           {"refresh_token", "r"},
                            {"expires_at", "2020-01-01T00:00:00Z"}});
     REQUIRE(put.status < 300);
     return key;

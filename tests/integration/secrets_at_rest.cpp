@@ -14,7 +14,8 @@ namespace {
 std::vector<std::string> forms(const std::string& secret) {
   std::string upper_hex = crypto::hex(secret);
   for (auto& c : upper_hex) c = static_cast<char>(std::toupper(c));
-  return {secret, crypto::hex(secret), upper_hex, crypto::base64(secret), crypto::base64url(secret)};
+  return {secret, crypto::hex(secret), upper_hex, crypto::base64(secret),
+          crypto::base64url(secret)};
 }
 
 std::string pg_dump(const std::string& url) {
@@ -34,8 +35,11 @@ TEST_CASE("pg_dump and logs hold no plaintext tokens, secrets, API keys or maste
   const std::string access = "access-token-9b8c7d6e5f4a";
   const std::string refresh = "refresh-token-1a2b3c4d5e6f";
   REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", client_secret},
-                      {"token_url", "https://idp.example.com/token"}}).status == 201);
+                 json{{"type", "oauth2"},
+                      {"client_id", "c"},
+                      {"client_secret", client_secret},
+                      {"token_url", "https://idp.example.com/token"}})
+              .status == 201);
   REQUIRE(t.call("PUT", "/v1/connections/c1", key,
                  json{{"provider", "idp"}, {"access_token", access}, {"refresh_token", refresh}})
               .status == 201);
@@ -56,25 +60,32 @@ TEST_CASE("pg_dump and logs hold no plaintext tokens, secrets, API keys or maste
   CHECK(dump.find(crypto::fingerprint(access)) != std::string::npos);  // fingerprints are stored
 }
 
-TEST_CASE("a ciphertext moved to another row or rolled back to an older version fails with "
-          "decrypt_failed", "[secrets_at_rest]") {
+TEST_CASE(
+    "a ciphertext moved to another row or rolled back to an older version fails with "
+    "decrypt_failed",
+    "[secrets_at_rest]") {
   scratch_database db;
   // The test edits ciphertexts behind tokend's back (no change notification), so the cache
   // would keep serving what it decrypted before: read through to the database.
   tokend_process t(db.url(), {{"TOKEND_CACHE", "off"}});
   auto key = t.tenant_key("acme");
   REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
-                      {"token_url", "https://idp.example.com/token"}}).status == 201);
+                 json{{"type", "oauth2"},
+                      {"client_id", "c"},
+                      {"client_secret", "s"},
+                      {"token_url", "https://idp.example.com/token"}})
+              .status == 201);
   for (auto id : {"c1", "c2", "c3"}) {
     REQUIRE(t.call("PUT", std::string("/v1/connections/") + id, key,
-                   json{{"provider", "idp"}, {"access_token", std::string("tok-") + id}}).status == 201);
+                   json{{"provider", "idp"}, {"access_token", std::string("tok-") + id}})
+                .status == 201);
   }
   pqxx::connection conn(db.url());
   {
     pqxx::work tx(conn);
-    tx.exec("UPDATE connections SET access_token_ct = (SELECT access_token_ct FROM connections "
-            "WHERE id = 'c1') WHERE id = 'c2'");
+    tx.exec(
+        "UPDATE connections SET access_token_ct = (SELECT access_token_ct FROM connections "
+        "WHERE id = 'c1') WHERE id = 'c2'");
     tx.commit();
   }
   auto moved = t.call("GET", "/v1/tokens/c2", key);
@@ -94,11 +105,13 @@ TEST_CASE("a ciphertext moved to another row or rolled back to an older version 
     tx.commit();
   }
   REQUIRE(t.call("PUT", "/v1/connections/c3", key,
-                 json{{"provider", "idp"}, {"access_token", "tok-c3-v2"}}).status == 200);
+                 json{{"provider", "idp"}, {"access_token", "tok-c3-v2"}})
+              .status == 200);
   CHECK(t.call("GET", "/v1/tokens/c3", key).json()["access_token"] == "tok-c3-v2");
   {
     pqxx::work tx(conn);
-    tx.exec_params("UPDATE connections SET access_token_ct = decode($1, 'hex') WHERE id = 'c3'", old_ct);
+    tx.exec_params("UPDATE connections SET access_token_ct = decode($1, 'hex') WHERE id = 'c3'",
+                   old_ct);
     tx.commit();
   }
   auto rolled_back = t.call("GET", "/v1/tokens/c3", key);
@@ -115,10 +128,12 @@ TEST_CASE("a ciphertext moved to another row or rolled back to an older version 
   }
   REQUIRE(t.call("DELETE", "/v1/connections/c1", key).status == 204);
   REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"}, {"access_token", "tok-c1-new"}}).status == 201);
+                 json{{"provider", "idp"}, {"access_token", "tok-c1-new"}})
+              .status == 201);
   {
     pqxx::work tx(conn);
-    tx.exec_params("UPDATE connections SET access_token_ct = decode($1, 'hex') WHERE id = 'c1'", c1_ct);
+    tx.exec_params("UPDATE connections SET access_token_ct = decode($1, 'hex') WHERE id = 'c1'",
+                   c1_ct);
     tx.commit();
   }
   CHECK(t.call("GET", "/v1/tokens/c1", key).json()["code"] == "decrypt_failed");
@@ -132,10 +147,14 @@ TEST_CASE("rows sealed under a key that is not configured answer decrypt_failed;
     tokend_process t(db.url());
     key = t.tenant_key("acme");
     REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                   json{{"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"},
-                        {"token_url", "https://idp.example.com/token"}}).status == 201);
-    REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                   json{{"provider", "idp"}, {"access_token", "tok"}}).status == 201);
+                   json{{"type", "oauth2"},
+                        {"client_id", "c"},
+                        {"client_secret", "s"},
+                        {"token_url", "https://idp.example.com/token"}})
+                .status == 201);
+    REQUIRE(
+        t.call("PUT", "/v1/connections/c1", key, json{{"provider", "idp"}, {"access_token", "tok"}})
+            .status == 201);
   }
   const std::string other = "other:" + crypto::base64(std::string(32, 'z'));
   tokend_process t(db.url(), {{"TOKEND_MASTER_KEYS", other}});

@@ -23,15 +23,15 @@ TEST_CASE("graceful shutdown finishes an in-flight request", "[shutdown]") {
   REQUIRE(idle.send_raw("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
   REQUIRE(idle.read_reply(5s).status == 200);
 
-  auto in_flight = std::async(std::launch::async, [&] {
-    return http_call(t.address(), "GET", "/readyz", "", {}, 30s);
-  });
+  auto in_flight = std::async(
+      std::launch::async, [&] { return http_call(t.address(), "GET", "/readyz", "", {}, 30s); });
   REQUIRE(eventually(
       [&] {
         pqxx::connection c(db.url());
         pqxx::nontransaction tx(c);
-        return tx.exec1("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND application_name = 'tokend-short' AND datname = current_database()")[0]
+        return tx.exec1(
+                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                     "AND application_name = 'tokend-short' AND datname = current_database()")[0]
                    .as<int>() == 1;
       },
       10s));

@@ -14,17 +14,22 @@ namespace {
 sys_time test_now() { return wall_clock().now(); }
 }  // namespace
 
-TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing lost", "[store_cas]") {
+TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing lost",
+          "[store_cas]") {
   test::scratch_database db;
   crypto::keyring keys({{"k1", std::string(32, 'a')}});
   {
     test::tokend_process t(db.url());  // applies migrations
     auto key = t.tenant_key("acme");
     REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                   json{{"type", "oauth2"}, {"client_id", "c"}, {"token_url", "https://x.example/t"},
-                        {"token_endpoint_auth_method", "none"}}).status == 201);
+                   json{{"type", "oauth2"},
+                        {"client_id", "c"},
+                        {"token_url", "https://x.example/t"},
+                        {"token_endpoint_auth_method", "none"}})
+                .status == 201);
     REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                   json{{"provider", "idp"}, {"access_token", "a0"}, {"refresh_token", "r0"}}).status == 201);
+                   json{{"provider", "idp"}, {"access_token", "a0"}, {"refresh_token", "r0"}})
+                .status == 201);
   }
   for (int round = 0; round < 20; ++round) {
     long long version = 0, row_id = 0;
@@ -45,7 +50,11 @@ TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing 
       t.access_expires_at = test_now() + std::chrono::seconds(3600);
       t.access_lifetime = 3600;
       store::token_write w{crypto::seal_tokens(keys, "acme", "c1", row_id, version + 1, t),
-                           "Bearer", std::nullopt, t.access_expires_at, 3600, std::nullopt,
+                           "Bearer",
+                           std::nullopt,
+                           t.access_expires_at,
+                           3600,
+                           std::nullopt,
                            test_now()};
       auto out = store::cas_write_token_set(tx, "acme", "c1", version, w);
       tx.commit();

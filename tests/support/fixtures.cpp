@@ -4,14 +4,14 @@
 
 #include <catch2/catch.hpp>
 
-#include "crypto/crypto.hpp"
-#include "crypto/token_seal.hpp"
-#include "store/repository.hpp"
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 #include <random>
 #include <sstream>
+#include "crypto/crypto.hpp"
+#include "crypto/token_seal.hpp"
+#include "store/repository.hpp"
 
 namespace tokend::test {
 
@@ -231,7 +231,8 @@ crypto::keyring test_keyring() {
 }
 }  // namespace
 
-std::optional<std::string> stored_refresh_token(const std::string& db_url, const std::string& tenant,
+std::optional<std::string> stored_refresh_token(const std::string& db_url,
+                                                const std::string& tenant,
                                                 const std::string& connection) {
   pqxx::connection c(db_url);
   pqxx::read_transaction tx(c);

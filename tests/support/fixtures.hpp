@@ -5,8 +5,8 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "http_client.hpp"
@@ -106,7 +106,8 @@ class node_peer {
 void check_invalid_request(const http_reply& r, const std::string& field);
 
 // The refresh token stored for (tenant, connection), decrypted with the test master key.
-std::optional<std::string> stored_refresh_token(const std::string& db_url, const std::string& tenant,
+std::optional<std::string> stored_refresh_token(const std::string& db_url,
+                                                const std::string& tenant,
                                                 const std::string& connection);
 
 // Inserts `count` connections c0..c{count-1} of `provider` for `tenant` in one transaction,

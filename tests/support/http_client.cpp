@@ -123,8 +123,8 @@ http_reply http_call(const std::string& host_port, const std::string& method,
                      const std::vector<std::pair<std::string, std::string>>& headers,
                      std::chrono::milliseconds timeout) {
   http_connection c(host_port);
-  std::string req = method + " " + target + " HTTP/1.1\r\nHost: " + host_port +
-                    "\r\nConnection: close\r\n";
+  std::string req =
+      method + " " + target + " HTTP/1.1\r\nHost: " + host_port + "\r\nConnection: close\r\n";
   bool has_type = false;
   for (const auto& [k, v] : headers) {
     req += k + ": " + v + "\r\n";

@@ -11,7 +11,7 @@
 namespace tokend::test {
 
 struct http_reply {
-  int status = 0;  // 0: no response (connection closed or timed out)
+  int status = 0;                              // 0: no response (connection closed or timed out)
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;
   nlohmann::json json() const { return nlohmann::json::parse(body); }

@@ -29,8 +29,8 @@ std::string temp_dir(const std::string& prefix) {
   return tmpl;
 }
 
-child_process::child_process(std::vector<std::string> argv,
-                             std::map<std::string, std::string> env, std::string log_path)
+child_process::child_process(std::vector<std::string> argv, std::map<std::string, std::string> env,
+                             std::string log_path)
     : log_path_(std::move(log_path)) {
   std::map<std::string, std::string> merged;
   for (char** e = environ; e && *e; ++e) {

@@ -10,7 +10,7 @@ TEST_CASE("lru keeps its bound and evicts the least recently used", "[cache]") {
   c.put("b", 2);
   c.put("c", 3);
   CHECK(c.get("a") == std::optional<int>(1));  // a is now most recent
-  CHECK(c.put("d", 4) == 1);                    // evicts b
+  CHECK(c.put("d", 4) == 1);                   // evicts b
   CHECK(!c.get("b"));
   CHECK(c.size() == 3);
   CHECK(c.erase("a"));

@@ -10,9 +10,9 @@ const std::string kKey = "dGVzdC1tYXN0ZXIta2V5LTAwMDAwMDAwMDAwMDAwMDA=";
 }
 
 TEST_CASE("defaults follow the contract", "[config]") {
-  auto r = parse_config({{"TOKEND_DATABASE_URL", "postgresql:///x"},
-                         {"TOKEND_MASTER_KEYS", "k1:" + kKey}},
-                        needs::serving);
+  auto r = parse_config(
+      {{"TOKEND_DATABASE_URL", "postgresql:///x"}, {"TOKEND_MASTER_KEYS", "k1:" + kKey}},
+      needs::serving);
   REQUIRE(r.cfg);
   CHECK(r.cfg->listen_host == "127.0.0.1");
   CHECK(r.cfg->listen_port == 8080);
@@ -31,23 +31,23 @@ TEST_CASE("defaults follow the contract", "[config]") {
 }
 
 TEST_CASE("several master keys keep their order; the first is active", "[config]") {
-  auto r = parse_config({{"TOKEND_DATABASE_URL", "x"},
-                         {"TOKEND_MASTER_KEYS", "new:" + kKey + ",old:" + kKey}},
-                        needs::serving);
+  auto r = parse_config(
+      {{"TOKEND_DATABASE_URL", "x"}, {"TOKEND_MASTER_KEYS", "new:" + kKey + ",old:" + kKey}},
+      needs::serving);
   REQUIRE(r.cfg);
   REQUIRE(r.cfg->master_keys.size() == 2);
   CHECK(r.cfg->master_keys[0].kid == "new");
-  auto dup = parse_config({{"TOKEND_DATABASE_URL", "x"},
-                           {"TOKEND_MASTER_KEYS", "a:" + kKey + ",a:" + kKey}},
-                          needs::serving);
+  auto dup = parse_config(
+      {{"TOKEND_DATABASE_URL", "x"}, {"TOKEND_MASTER_KEYS", "a:" + kKey + ",a:" + kKey}},
+      needs::serving);
   REQUIRE(dup.error);
   CHECK(dup.error->variable == "TOKEND_MASTER_KEYS");
 }
 
 TEST_CASE("public url and listen parse", "[config]") {
-  auto r = parse_config({{"TOKEND_LISTEN", "0.0.0.0:9000"},
-                         {"TOKEND_PUBLIC_URL", "https://tokend.example.com/"}},
-                        needs::nothing);
+  auto r = parse_config(
+      {{"TOKEND_LISTEN", "0.0.0.0:9000"}, {"TOKEND_PUBLIC_URL", "https://tokend.example.com/"}},
+      needs::nothing);
   REQUIRE(r.cfg);
   CHECK(r.cfg->listen_port == 9000);
   CHECK(r.cfg->public_url == "https://tokend.example.com");

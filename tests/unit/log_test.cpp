@@ -7,8 +7,8 @@ using namespace tokend;
 
 TEST_CASE("json log lines are valid JSON with escaped values", "[log]") {
   log::init(log::format::json, log::level::info, "inst-1", "test");
-  auto line = log::render(log::level::warn, "hello \"world\"\n",
-                          {{"field", "a\"b\\c\n"}, {"n", 3}}, "rid-7");
+  auto line = log::render(log::level::warn, "hello \"world\"\n", {{"field", "a\"b\\c\n"}, {"n", 3}},
+                          "rid-7");
   auto j = nlohmann::json::parse(line);
   CHECK(j["msg"] == "hello \"world\"\n");
   CHECK(j["level"] == "warn");

@@ -52,7 +52,9 @@ TEST_CASE("refresh request shapes", "[oauth]") {
   p.auth_method = "client_secret_post";
   p.refresh_scope = "a b";
   r = oauth::refresh_request(p, "rt", std::string("s"));
-  CHECK(r.body == "grant_type=refresh_token&refresh_token=rt&scope=a+b&client_id=id+with%3Acolon&client_secret=s");
+  CHECK(r.body ==
+        "grant_type=refresh_token&refresh_token=rt&scope=a+b&client_id=id+with%3Acolon&client_"
+        "secret=s");
 
   p.auth_method = "none";
   p.refresh_scope.reset();

@@ -22,14 +22,16 @@ classification run(int status, std::string body, bool sent = true, bool complete
 TEST_CASE("freshness: min(min_ttl, half the issued lifetime)", "[policy]") {
   CHECK(is_fresh(t0 + 400s, 3600, 300, t0));
   CHECK(!is_fresh(t0 + 200s, 3600, 300, t0));
-  CHECK(is_fresh(t0 + 30s, 60, 300, t0));   // min(300, 30) = 30
+  CHECK(is_fresh(t0 + 30s, 60, 300, t0));  // min(300, 30) = 30
   CHECK(!is_fresh(t0 + 29s, 60, 300, t0));
   CHECK(is_fresh(t0 + 1s, 3600, 0, t0));
-  CHECK(!is_fresh(t0, 3600, 0, t0));         // expired is never fresh
+  CHECK(!is_fresh(t0, 3600, 0, t0));  // expired is never fresh
 }
 
 TEST_CASE("classification: successes", "[policy]") {
-  auto c = run(200, R"({"access_token":"a","refresh_token":"r","expires_in":120,"token_type":"bearer","scope":"x y","refresh_expires_in":500})");
+  auto c = run(
+      200,
+      R"({"access_token":"a","refresh_token":"r","expires_in":120,"token_type":"bearer","scope":"x y","refresh_expires_in":500})");
   REQUIRE(c.kind == outcome::refreshed);
   CHECK(c.tokens->access_token == "a");
   CHECK(c.tokens->refresh_token == std::optional<std::string>("r"));
@@ -38,7 +40,8 @@ TEST_CASE("classification: successes", "[policy]") {
   CHECK(c.tokens->refresh_expires_at == t0 + 500s);
   CHECK(c.tokens->scope == std::optional<std::string>("x y"));
 
-  auto odd = run(200, R"({"access_token":"a","refresh_token":"r","expires_in":"3600","token_type":"mac"})");
+  auto odd = run(
+      200, R"({"access_token":"a","refresh_token":"r","expires_in":"3600","token_type":"mac"})");
   REQUIRE(odd.kind == outcome::refreshed);
   CHECK(odd.tokens->access_lifetime == 3600);  // non-integer -> default
   CHECK(odd.tokens->token_type == "Bearer");
@@ -55,7 +58,8 @@ TEST_CASE("classification: successes", "[policy]") {
   auto missing = run(200, R"({"refresh_token":"r2","access_token":""})");
   CHECK(missing.kind == outcome::missing_access_token);
   CHECK(missing.tokens->refresh_token == std::optional<std::string>("r2"));
-  CHECK(run(200, R"({"refresh_token":"r2","access_token":7})").kind == outcome::missing_access_token);
+  CHECK(run(200, R"({"refresh_token":"r2","access_token":7})").kind ==
+        outcome::missing_access_token);
 }
 
 TEST_CASE("classification: in doubt, transient, never sent", "[policy]") {
@@ -76,11 +80,13 @@ TEST_CASE("classification: in doubt, transient, never sent", "[policy]") {
 }
 
 TEST_CASE("classification: OAuth errors", "[policy]") {
-  auto ig = run(400, R"({"error":"invalid_grant","error_description":"grant request is invalid\n"})");
+  auto ig =
+      run(400, R"({"error":"invalid_grant","error_description":"grant request is invalid\n"})");
   CHECK(ig.kind == outcome::invalid_grant);
   CHECK(ig.oauth_error == std::optional<std::string>("invalid_grant"));
   CHECK(ig.description == std::optional<std::string>("grant request is invalid "));
-  for (auto e : {"invalid_client", "unauthorized_client", "invalid_request", "unsupported_grant_type", "invalid_scope"}) {
+  for (auto e : {"invalid_client", "unauthorized_client", "invalid_request",
+                 "unsupported_grant_type", "invalid_scope"}) {
     INFO(e);
     CHECK(run(400, std::string(R"({"error":")") + e + "\"}").kind == outcome::config_error);
   }
@@ -93,7 +99,8 @@ TEST_CASE("classification: OAuth errors", "[policy]") {
 }
 
 TEST_CASE("sanitize keeps printable ASCII and at most 200 characters", "[policy]") {
-  CHECK(sanitize("a\x01" "b\xff") == "a b ");
+  CHECK(sanitize("a\x01"
+                 "b\xff") == "a b ");
   CHECK(sanitize(std::string(500, 'x')).size() == 200);
 }
 
