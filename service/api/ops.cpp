@@ -40,17 +40,13 @@ void register_ops(http::router& r, store::db_pool& db, observability::metrics& m
       pending = co_await db.run(
           deadline, [](pqxx::connection_base& c) { return store::pending_versions(c); });
     } catch (const std::exception&) {  // unreachable, timed out, or pool exhausted
-      auto res = http::make_problem(errc::unavailable, "database unavailable", req.request_id);
-      res.set_header("Retry-After", "1");
-      co_return res;
+      co_return http::make_problem(errc::unavailable, "database unavailable", req.request_id);
     }
     if (!pending.empty()) {
       std::string list;
       for (int v : pending) list += (list.empty() ? "" : ", ") + std::to_string(v);
-      auto res =
-          http::make_problem(errc::unavailable, "migrations not applied: " + list, req.request_id);
-      res.set_header("Retry-After", "5");
-      co_return res;
+      co_return http::make_problem(errc::unavailable, "migrations not applied: " + list,
+                                   req.request_id, std::nullopt, 5);
     }
     nlohmann::json body = {{"status", "ready"}, {"migrations", store::known_migrations().size()}};
     co_return http::json_response(200, body.dump());

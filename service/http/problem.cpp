@@ -5,7 +5,7 @@
 namespace tokend::http {
 
 response make_problem(errc code, std::string_view detail, std::string_view request_id,
-                      const std::optional<std::string>& field) {
+                      const std::optional<std::string>& field, std::optional<int> retry_after) {
   const auto info = describe(code);
   nlohmann::json body = {
       {"type", "https://tokend.dev/problems/" + std::string(info.code)},
@@ -20,12 +20,14 @@ response make_problem(errc code, std::string_view detail, std::string_view reque
   r.status = info.status;
   r.content_type = "application/problem+json";
   r.body = body.dump();
+  if (info.status == 429 || info.status == 503) {
+    r.set_header("Retry-After", std::to_string(retry_after.value_or(1)));
+  }
   return r;
 }
 
 response make_problem(const api_error& e, std::string_view request_id) {
-  auto r = make_problem(e.code(), e.detail(), request_id, e.field());
-  if (e.retry_after) r.set_header("Retry-After", std::to_string(*e.retry_after));
+  auto r = make_problem(e.code(), e.detail(), request_id, e.field(), e.retry_after);
   if (!e.extra_json.empty()) {
     auto body = nlohmann::json::parse(r.body);
     auto extra = nlohmann::json::parse(e.extra_json, nullptr, false);

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.hpp"
+#include "http/problem.hpp"
 #include "http/router.hpp"
 
 namespace asio = boost::asio;
@@ -111,4 +112,21 @@ TEST_CASE("handler exceptions become problems without leaking internals", "[rout
   CHECK(j["code"] == "invalid_request");
   CHECK(j["field"] == "limit");
   CHECK(j["detail"] == "limit must be 1..500");
+}
+
+TEST_CASE("503 and 429 problems always carry Retry-After", "[router]") {
+  using tokend::errc;
+  auto has_retry = [](const response& r) {
+    for (auto& [k, v] : r.headers) {
+      if (k == "Retry-After") return v;
+    }
+    return std::string();
+  };
+  CHECK(has_retry(tokend::http::make_problem(errc::unavailable, "x", "r")) == "1");
+  CHECK(has_retry(tokend::http::make_problem(errc::rate_limited, "x", "r", std::nullopt, 7)) == "7");
+  tokend::api_error e(errc::provider_unavailable, "x");
+  CHECK(has_retry(tokend::http::make_problem(e, "r")) == "1");
+  e.retry_after = 30;
+  CHECK(has_retry(tokend::http::make_problem(e, "r")) == "30");
+  CHECK(has_retry(tokend::http::make_problem(errc::not_found, "x", "r")).empty());
 }
