@@ -84,15 +84,19 @@ void require_scope(const principal& p, std::string_view scope) {
 
 void key_usage::note(const std::string& tenant, const std::string& key_id, sys_time at) {
   std::lock_guard lk(mu_);
-  auto& slot = pending_[{tenant, key_id}];
-  slot = std::max(slot, at);
+  auto it = pending_.find(std::string_view(key_id));
+  if (it == pending_.end()) {
+    pending_.emplace(key_id, use{tenant, at});
+  } else if (it->second.at < at) {
+    it->second.at = at;
+  }
 }
 
 asio::awaitable<void> key_usage::flush(context& ctx) {
   std::vector<store::key_use> batch;
   {
     std::lock_guard lk(mu_);
-    for (auto& [k, at] : pending_) batch.push_back({k.first, k.second, at});
+    for (auto& [id, u] : pending_) batch.push_back({u.tenant, id, u.at});
     pending_.clear();
   }
   if (batch.empty()) co_return;
@@ -109,8 +113,8 @@ asio::awaitable<void> key_usage::flush(context& ctx) {
     log::write(log::level::warn, "could not record API key use", {{"error", e.what()}});
     std::lock_guard lk(mu_);
     for (auto& u : batch) {
-      auto& slot = pending_[{u.tenant_id, u.id}];
-      slot = std::max(slot, u.at);
+      auto [it, inserted] = pending_.emplace(u.id, use{u.tenant_id, u.at});
+      if (!inserted && it->second.at < u.at) it->second.at = u.at;
     }
   }
 }

@@ -2,9 +2,9 @@
 // a SHA-256 hash) with scopes. The tenant always comes from the key.
 #pragma once
 #include <boost/asio/awaitable.hpp>
-#include <map>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "api/context.hpp"
@@ -34,8 +34,17 @@ class key_usage {
   boost::asio::awaitable<void> flush(context& ctx);
 
  private:
+  struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct use {
+    std::string tenant;
+    sys_time at;
+  };
   std::mutex mu_;  // guards pending_
-  std::map<std::pair<std::string, std::string>, sys_time> pending_;
+  // By key id (unique across tenants); looked up without building a string on the hot path.
+  std::unordered_map<std::string, use, string_hash, std::equal_to<>> pending_;
 };
 
 // "tkd_" + base64url(32 random bytes): 256 bits of entropy.

@@ -74,7 +74,6 @@ http::response token_reply(const refresh::token_answer& a, sys_time now) {
   body += "}";
   auto res = http::json_response(200, std::move(body));
   res.set_header("Cache-Control", "no-store");
-  res.set_header("Pragma", "no-cache");
   return res;
 }
 

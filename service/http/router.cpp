@@ -43,39 +43,65 @@ void router::add(std::string method, std::string path_template, handler h) {
 
 router::match_result router::match(std::string_view method, std::string_view path) const {
   // Among templates matching the path, the one with the most literal segments wins
-  // ("/v1/connect-links" over "/v1/{x}"); its methods make the Allow list.
+  // ("/v1/connect-links" over "/v1/{x}"); its methods make the Allow list (built only for 405).
   match_result result;
-  const auto segs = split_path(path);
-  int best_literals = -1;
-  for (const auto& r : routes_) {
-    if (r.segments.size() != segs.size()) continue;
-    std::map<std::string, std::string, std::less<>> params;
-    int literals = 0;
-    bool ok = true;
-    for (size_t i = 0; i < segs.size() && ok; ++i) {
-      if (!is_param(r.segments[i])) {
-        ok = r.segments[i] == segs[i];
-        ++literals;
-        continue;
-      }
-      auto decoded = percent_decode(segs[i]);
-      ok = decoded && !decoded->empty();
-      if (ok) params.emplace(r.segments[i].substr(1, r.segments[i].size() - 2), *decoded);
-    }
-    if (!ok || literals < best_literals) continue;
-    if (literals > best_literals) {
-      best_literals = literals;
-      result = match_result{};
-      result.route = r.path_template;
-    }
-    if (r.path_template != result.route) continue;
-    result.allow.push_back(r.method);
-    if (r.method == method) {
-      result.h = &r.h;
-      result.params = std::move(params);
+  std::vector<std::string_view> segs;
+  {
+    std::size_t i = (!path.empty() && path[0] == '/') ? 1 : 0;
+    while (i <= path.size()) {
+      auto j = path.find('/', i);
+      if (j == std::string_view::npos) j = path.size();
+      segs.push_back(path.substr(i, j - i));
+      i = j + 1;
     }
   }
-  std::sort(result.allow.begin(), result.allow.end());
+  auto literal_match = [&](const route_entry& r, int& literals) {
+    literals = 0;
+    if (r.segments.size() != segs.size()) return false;
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+      if (is_param(r.segments[i])) {
+        if (segs[i].empty()) return false;
+        continue;
+      }
+      if (r.segments[i] != segs[i]) return false;
+      ++literals;
+    }
+    return true;
+  };
+  const route_entry* best = nullptr;
+  int best_literals = -1;
+  for (const auto& r : routes_) {
+    int literals = 0;
+    if (literal_match(r, literals) && literals > best_literals) {
+      best_literals = literals;
+      best = &r;
+    }
+  }
+  if (!best) return result;
+  result.route = best->path_template;
+  const route_entry* chosen = nullptr;
+  for (const auto& r : routes_) {
+    if (r.path_template != best->path_template) continue;
+    if (r.method == method) chosen = &r;
+  }
+  if (!chosen) {
+    for (const auto& r : routes_) {
+      if (r.path_template == best->path_template) result.allow.push_back(r.method);
+    }
+    std::sort(result.allow.begin(), result.allow.end());
+    return result;
+  }
+  for (std::size_t i = 0; i < segs.size(); ++i) {
+    if (!is_param(chosen->segments[i])) continue;
+    auto decoded = percent_decode(segs[i]);
+    if (!decoded || decoded->empty()) {  // undecodable: no such resource
+      result = match_result{};
+      return result;
+    }
+    result.params.emplace(chosen->segments[i].substr(1, chosen->segments[i].size() - 2),
+                          std::move(*decoded));
+  }
+  result.h = &chosen->h;
   return result;
 }
 

@@ -137,7 +137,6 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                                        const request& req, response& res, unsigned version,
                                        bool keep_alive) {
     bhttp::response<bhttp::string_body> out{static_cast<bhttp::status>(res.status), version};
-    out.set(bhttp::field::server, "tokend");
     if (!res.body.empty() || res.status != 204) {
       out.set(bhttp::field::content_type, res.content_type);
     }

@@ -123,7 +123,8 @@ TEST_CASE("503 and 429 problems always carry Retry-After", "[router]") {
     return std::string();
   };
   CHECK(has_retry(tokend::http::make_problem(errc::unavailable, "x", "r")) == "1");
-  CHECK(has_retry(tokend::http::make_problem(errc::rate_limited, "x", "r", std::nullopt, 7)) == "7");
+  CHECK(has_retry(tokend::http::make_problem(errc::rate_limited, "x", "r", std::nullopt, 7)) ==
+        "7");
   tokend::api_error e(errc::provider_unavailable, "x");
   CHECK(has_retry(tokend::http::make_problem(e, "r")) == "1");
   e.retry_after = 30;
