@@ -29,12 +29,7 @@ struct pair_rig {
     b_env.emplace("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1");
     b = std::make_unique<tokend_process>(db.url(), b_env);
     key = a->tenant_key("acme");
-    REQUIRE(a->call("PUT", "/v1/providers/idp", key,
-                    json{{"type", "oauth2"},
-                         {"client_id", "c"},
-                         {"client_secret", "s"},
-                         {"token_url", fake.url("/token")}})
-                .status == 201);
+    put_provider(*a, key, "idp", fake.url("/token"));
   }
   void import(const std::string& id, const std::string& access, tokend_process& via) {
     auto r = via.call("PUT", "/v1/connections/" + id, key,

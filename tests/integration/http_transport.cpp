@@ -52,7 +52,9 @@ TEST_CASE("transport: routing, request ids, limits, slow clients", "[http_transp
     CHECK(bad.header("x-request-id").size() == 32);
     auto p = t.get("/nope", {{"X-Request-Id", "req-9"}});
     CHECK(p.json()["request_id"] == "req-9");
-    CHECK(t.output().find("\"request_id\":\"abc-123\"") != std::string::npos);
+    // The access-log line is written right after the response: poll for it.
+    CHECK(eventually(
+        [&] { return t.output().find("\"request_id\":\"abc-123\"") != std::string::npos; }, 2s));
   }
 
   SECTION("a 65 KiB body is 413") {

@@ -94,12 +94,7 @@ TEST_CASE("every tenant endpoint enforces its scope; admin token gets 403", "[is
   scratch_database db;
   tokend_process t(db.url());
   auto full = t.tenant_key("acme");
-  REQUIRE(t.call("PUT", "/v1/providers/idp", full,
-                 json{{"type", "oauth2"},
-                      {"client_id", "c"},
-                      {"client_secret", "s"},
-                      {"token_url", "https://idp.example.com/token"}})
-              .status == 201);
+  put_provider(t, full, "idp", "https://idp.example.com/token");
   REQUIRE(
       t.call("PUT", "/v1/connections/c1", full, json{{"provider", "idp"}, {"access_token", "a"}})
           .status == 201);

@@ -22,12 +22,7 @@ TEST_CASE("rotate-keys races with compare-and-swap writes and reads", "[key_rota
   {
     tokend_process t(db.url(), {{"TOKEND_MASTER_KEYS", old_keys}});
     key = t.tenant_key("acme");
-    REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                   json{{"type", "oauth2"},
-                        {"client_id", "c"},
-                        {"client_secret", "s"},
-                        {"token_url", "https://idp.example.com/token"}})
-                .status == 201);
+    put_provider(t, key, "idp", "https://idp.example.com/token");
     for (int i = 0; i < kConnections; ++i) {
       REQUIRE(
           t.call("PUT", "/v1/connections/c" + std::to_string(i), key,

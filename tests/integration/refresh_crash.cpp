@@ -25,12 +25,7 @@ std::map<std::string, std::string> env(std::map<std::string, std::string> extra 
 
 std::string setup(const tokend_process& t, const node_peer& fake) {
   auto key = t.tenant_key("acme");
-  REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"},
-                      {"client_id", "c"},
-                      {"client_secret", "s"},
-                      {"token_url", fake.url("/token")}})
-              .status == 201);
+  put_provider(t, key, "idp", fake.url("/token"));
   REQUIRE(t.call("PUT", "/v1/connections/c1", key,
                  json{{"provider", "idp"},
                       {"access_token", "old-at"},

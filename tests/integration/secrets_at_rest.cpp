@@ -69,12 +69,7 @@ TEST_CASE(
   // would keep serving what it decrypted before: read through to the database.
   tokend_process t(db.url(), {{"TOKEND_CACHE", "off"}});
   auto key = t.tenant_key("acme");
-  REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"},
-                      {"client_id", "c"},
-                      {"client_secret", "s"},
-                      {"token_url", "https://idp.example.com/token"}})
-              .status == 201);
+  put_provider(t, key, "idp", "https://idp.example.com/token");
   for (auto id : {"c1", "c2", "c3"}) {
     REQUIRE(t.call("PUT", std::string("/v1/connections/") + id, key,
                    json{{"provider", "idp"}, {"access_token", std::string("tok-") + id}})
@@ -146,12 +141,7 @@ TEST_CASE("rows sealed under a key that is not configured answer decrypt_failed;
   {
     tokend_process t(db.url());
     key = t.tenant_key("acme");
-    REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                   json{{"type", "oauth2"},
-                        {"client_id", "c"},
-                        {"client_secret", "s"},
-                        {"token_url", "https://idp.example.com/token"}})
-                .status == 201);
+    put_provider(t, key, "idp", "https://idp.example.com/token");
     REQUIRE(
         t.call("PUT", "/v1/connections/c1", key, json{{"provider", "idp"}, {"access_token", "tok"}})
             .status == 201);

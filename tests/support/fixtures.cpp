@@ -268,3 +268,17 @@ void seed_connections(const std::string& db_url, const std::string& tenant,
 }
 
 }  // namespace tokend::test
+
+namespace tokend::test {
+
+void put_provider(const tokend_process& t, const std::string& key, const std::string& id,
+                  const std::string& token_url, const nlohmann::json& extra) {
+  nlohmann::json body = {
+      {"type", "oauth2"}, {"client_id", "c"}, {"client_secret", "s"}, {"token_url", token_url}};
+  for (const auto& [k, v] : extra.items()) body[k] = v;
+  auto r = t.call("PUT", "/v1/providers/" + id, key, body);
+  INFO(r.body);
+  REQUIRE(r.status == 201);
+}
+
+}  // namespace tokend::test

@@ -102,6 +102,12 @@ class node_peer {
   std::string address_;
 };
 
+// PUTs an oauth2 provider `id` (client "c", secret "s", `token_url`) for the key's tenant, with
+// `extra` fields merged in; REQUIREs 201.
+void put_provider(const tokend_process& t, const std::string& key, const std::string& id,
+                  const std::string& token_url,
+                  const nlohmann::json& extra = nlohmann::json::object());
+
 // Asserts a 400 invalid_request problem naming `field` (no `field` member when empty).
 void check_invalid_request(const http_reply& r, const std::string& field);
 
