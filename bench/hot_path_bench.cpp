@@ -64,12 +64,7 @@ long rss_kib(int pid) {
 
 std::string seed_provider(const tokend_process& t) {
   auto key = t.tenant_key("acme");
-  REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"},
-                      {"client_id", "c"},
-                      {"token_url", "https://x.example/t"},
-                      {"token_endpoint_auth_method", "none"}})
-              .status == 201);
+  put_provider(t, key, "idp", "https://x.example/t", json{{"token_endpoint_auth_method", "none"}});
   return key;
 }
 

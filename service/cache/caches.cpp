@@ -95,9 +95,12 @@ void caches::put_principal(const std::string& key, const coherence::ticket& t, c
 
 void caches::invalidate(const std::string& key) {
   state_.touch(key);
-  bool dropped = key.rfind("t ", 0) == 0 ? tokens_.erase(key) : principals_.erase(key);
+  if (key.rfind("t ", 0) == 0) {
+    tokens_.erase(key);
+  } else {
+    principals_.erase(key);
+  }
   if (invalidations_) invalidations_->Increment();
-  (void)dropped;
   if (token_entries_) token_entries_->Set(static_cast<double>(tokens_.size()));
   if (principal_entries_) principal_entries_->Set(static_cast<double>(principals_.size()));
 }

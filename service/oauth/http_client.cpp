@@ -127,7 +127,6 @@ asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
   co_await bhttp::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
     out.error = "write: " + ec.message();
-    out.nothing_received = true;
     co_return;
   }
   out.sent = true;
@@ -139,9 +138,6 @@ asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
                                     asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
     out.error = "read header: " + ec.message();
-    out.nothing_received =
-        buffer.size() == 0 && (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
-                               ec == asio::error::connection_reset);
     co_return;
   }
   out.status = static_cast<int>(parser.get().result_int());

@@ -36,11 +36,10 @@ struct http_result {
   bool body_complete = false;
   std::string body;
   std::optional<std::string> retry_after;
-  bool refused = false;           // the URL or every resolved address broke the outbound rule
-  std::string error;              // transport failure, for logs
-  bool keep_alive = false;        // the server allows another request on this connection
-  bool nothing_received = false;  // failed before any response byte arrived
-  bool reused = false;            // sent on a pooled connection
+  bool refused = false;     // the URL or every resolved address broke the outbound rule
+  std::string error;        // transport failure, for logs
+  bool keep_alive = false;  // the server allows another request on this connection
+  bool reused = false;      // sent on a pooled connection
 };
 
 // Public unicast addresses only: no loopback, private, link-local, unique-local, unspecified,

@@ -13,13 +13,8 @@ namespace {
 
 std::string setup(const tokend_process& t) {
   auto key = t.tenant_key("acme");
-  REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"},
-                      {"client_id", "c"},
-                      {"client_secret", "s"},
-                      {"token_url", "https://idp.example.com/token"},
-                      {"refresh_token_lifetime", 86400}})
-              .status == 201);
+  put_provider(t, key, "idp", "https://idp.example.com/token",
+               json{{"refresh_token_lifetime", 86400}});
   return key;
 }
 

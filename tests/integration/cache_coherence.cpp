@@ -199,12 +199,7 @@ TEST_CASE("the token cache stays within its bound", "[cache_coherence]") {
   scratch_database db;
   tokend_process t(db.url(), {{"TOKEND_TOKEN_CACHE_SIZE", "1000"}});
   auto key = t.tenant_key("acme");
-  REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                 json{{"type", "oauth2"},
-                      {"client_id", "c"},
-                      {"token_url", "https://x.example/t"},
-                      {"token_endpoint_auth_method", "none"}})
-              .status == 201);
+  put_provider(t, key, "idp", "https://x.example/t", json{{"token_endpoint_auth_method", "none"}});
   constexpr int kConnections = 10000;
   seed_connections(db.url(), "acme", "idp", kConnections,
                    [](int i) { return "at-" + std::to_string(i); });

@@ -21,12 +21,8 @@ TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing 
   {
     test::tokend_process t(db.url());  // applies migrations
     auto key = t.tenant_key("acme");
-    REQUIRE(t.call("PUT", "/v1/providers/idp", key,
-                   json{{"type", "oauth2"},
-                        {"client_id", "c"},
-                        {"token_url", "https://x.example/t"},
-                        {"token_endpoint_auth_method", "none"}})
-                .status == 201);
+    test::put_provider(t, key, "idp", "https://x.example/t",
+                       json{{"token_endpoint_auth_method", "none"}});
     REQUIRE(t.call("PUT", "/v1/connections/c1", key,
                    json{{"provider", "idp"}, {"access_token", "a0"}, {"refresh_token", "r0"}})
                 .status == 201);
