@@ -32,18 +32,28 @@ std::string random_bytes(std::size_t n) {
 }
 
 std::string sha256(std::string_view data) {
+  // SHA256() fetches the algorithm and allocates a context on every call; this runs on every
+  // authenticated request, so the algorithm is fetched once and each thread keeps a context.
+  static EVP_MD* const md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  thread_local std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
+                                                                          &EVP_MD_CTX_free);
   std::string out(SHA256_DIGEST_LENGTH, '\0');
-  SHA256(u(data), data.size(), reinterpret_cast<unsigned char*>(out.data()));
+  unsigned int len = 0;
+  if (!md || !ctx || EVP_DigestInit_ex(ctx.get(), md, nullptr) != 1 ||
+      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len) != 1) {
+    throw std::runtime_error("SHA-256 failed");
+  }
   return out;
 }
 
 std::string hex(std::string_view bytes) {
   static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
+  std::string out(bytes.size() * 2, '\0');
+  char* p = out.data();
   for (unsigned char c : bytes) {
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 0xf]);
+    *p++ = digits[c >> 4];
+    *p++ = digits[c & 0xf];
   }
   return out;
 }

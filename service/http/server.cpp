@@ -1,6 +1,7 @@
 #include "http/server.hpp"
 
 #include <atomic>
+#include <charconv>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -30,6 +31,52 @@ bool valid_request_id(std::string_view id) {
   }
   return true;
 }
+
+void append_clean(std::string& out, std::string_view v) {
+  // Header values are ours, but never let a stray CR or LF split a header.
+  for (char c : v) out.push_back(c == '\r' || c == '\n' ? ' ' : c);
+}
+
+void append_header(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name);
+  out.append(": ");
+  append_clean(out, value);
+  out.append("\r\n");
+}
+
+}  // namespace
+
+// HTTP/1.x response head and body, with the framing rules Beast's prepare_payload applies:
+// no Content-Length (and no body) for 1xx, 204 and 304; HEAD announces the length it omits.
+void serialize_response(std::string& out, const request& req, const response& res, unsigned version,
+               bool keep_alive) {
+  out.clear();
+  out.append(version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+  char num[24];
+  auto [end, ec] = std::to_chars(num, num + sizeof num, res.status);
+  (void)ec;
+  out.append(num, end);
+  out.push_back(' ');
+  out.append(bhttp::obsolete_reason(static_cast<bhttp::status>(res.status)));
+  out.append("\r\n");
+  const bool no_body = res.status / 100 == 1 || res.status == 204 || res.status == 304;
+  if (!res.body.empty() || res.status != 204) append_header(out, "Content-Type", res.content_type);
+  append_header(out, "X-Request-Id", req.request_id);
+  for (const auto& [k, v] : res.headers) append_header(out, k, v);
+  if (version >= 11 && !keep_alive) out.append("Connection: close\r\n");
+  if (version < 11 && keep_alive) out.append("Connection: keep-alive\r\n");
+  if (!no_body) {
+    out.append("Content-Length: ");
+    auto [e2, ec2] = std::to_chars(num, num + sizeof num, res.body.size());
+    (void)ec2;
+    out.append(num, e2);
+    out.append("\r\n");
+  }
+  out.append("\r\n");
+  if (!no_body && req.method != "HEAD") out.append(res.body);
+}
+
+namespace {
 
 std::string new_request_id() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -133,21 +180,15 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     return make_problem(errc::invalid_request, "malformed HTTP request", request_id);
   }
 
+  // Serializes the response by hand into the connection's reusable buffer and writes it with
+  // one gathered send: Beast's serializer cost more than the whole token lookup (one field
+  // allocation per header and a deep buffer-sequence walk per write).
   asio::awaitable<void> write_response(beast::tcp_stream& stream, session_state& st,
-                                       const request& req, response& res, unsigned version,
-                                       bool keep_alive) {
-    bhttp::response<bhttp::string_body> out{static_cast<bhttp::status>(res.status), version};
-    if (!res.body.empty() || res.status != 204) {
-      out.set(bhttp::field::content_type, res.content_type);
-    }
-    out.set("X-Request-Id", req.request_id);
-    for (const auto& [k, v] : res.headers) out.set(k, v);
-    if (req.method != "HEAD") out.body() = std::move(res.body);
-    out.keep_alive(keep_alive);
-    out.prepare_payload();
-    if (req.method == "HEAD") out.content_length(out.body().size());
+                                       std::string& wire, const request& req,
+                                       const response& res, unsigned version, bool keep_alive) {
+    serialize_response(wire, req, res, version, keep_alive);
     st.deadline = std::chrono::steady_clock::now() + opts.write_timeout;
-    co_await bhttp::async_write(stream, out, asio::use_awaitable);
+    co_await asio::async_write(stream, asio::buffer(wire), asio::use_awaitable);
   }
 
   asio::awaitable<void> session(beast::tcp_stream stream) {
@@ -167,6 +208,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
       if (!ec) remote = ep.address().to_string() + ":" + std::to_string(ep.port());
     }
     beast::flat_buffer buffer;
+    std::string wire;  // the serialized response; its capacity is reused across requests
     bool first = true;
     try {
       for (;;) {
@@ -217,7 +259,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
           }
           auto res = to_problem_for_parse_error(ec, req.request_id);
           ++active;
-          co_await write_response(stream, *st, req, res, 11, false);
+          co_await write_response(stream, *st, wire, req, res, 11, false);
           --active;
           finish(req, res);
           break;
@@ -239,7 +281,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         response res = co_await routes.dispatch(req);
         const bool keep = msg.keep_alive() && !res.close && !stopping;
         try {
-          co_await write_response(stream, *st, req, res, msg.version(), keep);
+          co_await write_response(stream, *st, wire, req, res, msg.version(), keep);
         } catch (...) {
           --active;
           finish(req, res);

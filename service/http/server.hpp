@@ -29,6 +29,12 @@ struct server_options {
 using completion_hook =
     std::function<void(const request&, const response&, std::chrono::duration<double>)>;
 
+// Writes `res` as an HTTP/1.x message into `out` (cleared first): status line, Content-Type,
+// X-Request-Id, the response's headers, Connection when it differs from the version's default,
+// Content-Length (none for 1xx, 204 and 304), then the body unless the request was HEAD.
+void serialize_response(std::string& out, const request& req, const response& res,
+                        unsigned version, bool keep_alive);
+
 class server {
  public:
   server(boost::asio::io_context& ioc, server_options opts, const router& routes,
