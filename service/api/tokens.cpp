@@ -1,10 +1,12 @@
 // Tokens: GET /v1/tokens/{connection} (fresh or refreshed first) and
 // POST /v1/tokens/{connection}/refresh (conditional or forced). Scope tokens:read.
 #include <boost/asio/awaitable.hpp>
+#include <charconv>
 
 #include "api/auth.hpp"
 #include "api/handlers.hpp"
 #include "api/tx.hpp"
+#include "cache/caches.hpp"
 #include "core/validate.hpp"
 #include "http/router.hpp"
 #include "refresh/engine.hpp"
@@ -14,64 +16,18 @@ namespace asio = boost::asio;
 namespace tokend::api {
 namespace {
 
-// Appends `v` as a JSON string (RFC 8259 escaping).
-void append_json_string(std::string& out, std::string_view v) {
-  static constexpr char hex[] = "0123456789abcdef";
-  out.push_back('"');
-  for (unsigned char ch : v) {
-    switch (ch) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (ch < 0x20) {
-          out += "\\u00";
-          out.push_back(hex[ch >> 4]);
-          out.push_back(hex[ch & 0xf]);
-        } else {
-          out.push_back(static_cast<char>(ch));
-        }
-    }
-  }
-  out.push_back('"');
-}
-
-// Written by hand rather than through nlohmann::json: this is the hot path's only response.
+// The entry carries its rendered reply; only expires_in (and refresh_deferred) vary per call.
 http::response token_reply(const refresh::token_answer& a, sys_time now) {
-  const auto& c = a.conn;
-  const auto left =
-      std::chrono::duration_cast<std::chrono::seconds>(c.access_expires_at - now).count();
+  const auto& t = *a.token;
+  const auto left = std::max<long long>(
+      0, std::chrono::duration_cast<std::chrono::seconds>(t.expires_at - now).count());
+  char num[24];
+  const auto end = std::to_chars(num, num + sizeof num, left).ptr;
   std::string body;
-  body.reserve(160 + a.access_token.size());
-  body += "{\"connection\":";
-  append_json_string(body, c.id);
-  body += ",\"access_token\":";
-  append_json_string(body, a.access_token);
-  body += ",\"token_type\":";
-  append_json_string(body, c.token_type);
-  body += ",\"expires_at\":\"" + format_rfc3339(c.access_expires_at) + "\"";
-  body += ",\"expires_in\":" + std::to_string(std::max<long long>(0, left));
-  body += ",\"scope\":";
-  if (c.scope) {
-    append_json_string(body, *c.scope);
-  } else {
-    body += "null";
-  }
-  body += ",\"token_version\":" + std::to_string(c.token_version);
-  if (a.deferred) body += ",\"refresh_deferred\":true";
-  body += "}";
+  body.reserve(t.json_head.size() + t.json_tail.size() + 48);
+  body.append(t.json_head).append(num, end);
+  if (a.deferred) body.append(",\"refresh_deferred\":true");
+  body.append(t.json_tail).push_back('}');
   auto res = http::json_response(200, std::move(body));
   res.set_header("Cache-Control", "no-store");
   return res;

@@ -4,7 +4,9 @@
 #include <prometheus/gauge.h>
 
 #include <functional>
+#include <nlohmann/json.hpp>
 
+#include "core/model.hpp"
 #include "observability/metrics.hpp"
 
 namespace tokend::cache {
@@ -43,6 +45,21 @@ caches::caches(cache_options opts, observability::metrics* m)
   }
 }
 
+std::shared_ptr<const cached_token> render_token(const connection_record& c,
+                                                 std::string_view access_token) {
+  auto t = std::make_shared<cached_token>();
+  t->token_version = c.token_version;
+  t->expires_at = c.access_expires_at;
+  t->lifetime = c.access_lifetime;
+  auto str = [](std::string_view v) { return nlohmann::json(v).dump(); };
+  t->json_head = "{\"connection\":" + str(c.id) + ",\"access_token\":" + str(access_token) +
+                 ",\"token_type\":" + str(c.token_type) + ",\"expires_at\":\"" +
+                 format_rfc3339(c.access_expires_at) + "\",\"expires_in\":";
+  t->json_tail = ",\"scope\":" + (c.scope ? str(*c.scope) : std::string("null")) +
+                 ",\"token_version\":" + std::to_string(c.token_version);
+  return t;
+}
+
 std::string caches::token_key(std::string_view tenant, std::string_view connection) {
   // Ids cannot contain a space, so the key is unambiguous.
   return "t " + std::string(tenant) + " " + std::string(connection);
@@ -60,13 +77,14 @@ std::shared_ptr<const cached_token> caches::get_token(const std::string& key) {
   return v ? std::move(*v) : nullptr;
 }
 
-void caches::put_token(const std::string& key, const coherence::ticket& t, cached_token v) {
+void caches::put_token(const std::string& key, const coherence::ticket& t,
+                       std::shared_ptr<const cached_token> v) {
   if (!opts_.enabled) return;
   if (!state_.still_valid(t)) {
     if (skipped_) skipped_->Increment();
     return;
   }
-  auto evicted = tokens_.put(key, std::make_shared<const cached_token>(std::move(v)));
+  auto evicted = tokens_.put(key, std::move(v));
   // A change may have landed between the check and the put: re-check and undo if so.
   if (!state_.still_valid(t)) tokens_.erase(key);
   if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));

@@ -28,6 +28,9 @@ class Gauge;
 namespace tokend::observability {
 class metrics;
 }
+namespace tokend {
+struct connection_record;
+}
 
 namespace tokend::cache {
 
@@ -115,14 +118,20 @@ class lru {
   std::unordered_map<std::string, typename std::list<std::pair<std::string, V>>::iterator> index_;
 };
 
+// A token as GET /v1/tokens answers it; immutable and shared. The reply is rendered once, when
+// the entry is built, so a cache hit costs one string build:
+//   json_head + expires_in + [,"refresh_deferred":true] + json_tail + "}"
 struct cached_token {
   long long token_version = 0;
-  std::string access_token;
-  std::string token_type;
-  std::optional<std::string> scope;
   sys_time expires_at;
   long long lifetime = 0;
+  std::string json_head;  // {"connection":..,"access_token":..,"token_type":..,"expires_at":..,"expires_in":
+  std::string json_tail;  // ,"scope":..,"token_version":N
 };
+
+// Builds the entry for `c` with its opened access token.
+std::shared_ptr<const cached_token> render_token(const connection_record& c,
+                                                 std::string_view access_token);
 
 struct cached_principal {
   std::string tenant_id;
@@ -152,7 +161,8 @@ class caches {
 
   // Entries are immutable and shared, so a hit copies a pointer, not the strings.
   std::shared_ptr<const cached_token> get_token(const std::string& key);
-  void put_token(const std::string& key, const coherence::ticket& t, cached_token v);
+  void put_token(const std::string& key, const coherence::ticket& t,
+                 std::shared_ptr<const cached_token> v);
   std::shared_ptr<const cached_principal> get_principal(const std::string& key);
   void put_principal(const std::string& key, const coherence::ticket& t, cached_principal v);
 

@@ -17,7 +17,11 @@ std::optional<std::string_view> request::header(std::string_view name) const {
 }
 
 std::optional<std::string> request::query_param(std::string_view name) const {
-  auto parsed = boost::urls::parse_query(query);
+  if (query.empty()) return std::nullopt;
+  // Boost.URL 1.81's query iteration reads the last value up to a NUL, past the view's end, so
+  // it gets a terminated copy (the view points into the request line).
+  const std::string terminated(query);
+  auto parsed = boost::urls::parse_query(terminated);
   if (!parsed) throw api_error(errc::invalid_request, "the query string is malformed");
   for (auto p : *parsed) {
     std::string key;
@@ -33,9 +37,10 @@ std::optional<std::string> request::query_param(std::string_view name) const {
 }
 
 const std::string& request::param(std::string_view name) const {
-  auto it = params.find(name);
-  if (it == params.end()) throw std::logic_error("route has no parameter " + std::string(name));
-  return it->second;
+  for (const auto& [k, v] : params) {
+    if (k == name) return v;
+  }
+  throw std::logic_error("route has no parameter " + std::string(name));
 }
 
 response json_response(int status, std::string body) {

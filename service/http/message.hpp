@@ -1,7 +1,6 @@
 // Transport-neutral HTTP request/response used by handlers, so handler code needs no Beast.
 #pragma once
 #include <chrono>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,21 +9,23 @@
 
 namespace tokend::http {
 
+// The views point into the transport's parsed message, the session or the router's table; they
+// stay valid until the response has been written. Copy what must outlive the request.
 struct request {
-  std::string method;  // upper case, e.g. "GET"
-  std::string target;  // raw request target
-  std::string path;    // target without the query
-  std::string query;   // raw query string without '?'
-  std::vector<std::pair<std::string, std::string>> headers;
+  std::string method;      // upper case, e.g. "GET"
+  std::string_view target;  // raw request target
+  std::string_view path;    // target without the query
+  std::string_view query;   // raw query string without '?'
+  std::vector<std::pair<std::string_view, std::string_view>> headers;
   std::string body;
   std::string request_id;
-  std::string remote;  // peer address, for logs
+  std::string_view remote;  // peer address, for logs
   std::chrono::steady_clock::time_point received_at{};
   std::chrono::steady_clock::time_point deadline{};  // received_at + request timeout
 
   // Filled by the router.
-  std::string route;  // the matched template, e.g. "/v1/tokens/{connection}"
-  std::map<std::string, std::string, std::less<>> params;
+  std::string_view route;  // the matched template, e.g. "/v1/tokens/{connection}"
+  std::vector<std::pair<std::string_view, std::string>> params;  // name -> decoded value
 
   // Case-insensitive header lookup; the first occurrence wins.
   std::optional<std::string_view> header(std::string_view name) const;

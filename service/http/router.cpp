@@ -1,6 +1,7 @@
 #include "http/router.hpp"
 
 #include <algorithm>
+#include <array>
 #include <boost/url/decode_view.hpp>
 
 #include "http/problem.hpp"
@@ -45,20 +46,23 @@ router::match_result router::match(std::string_view method, std::string_view pat
   // Among templates matching the path, the one with the most literal segments wins
   // ("/v1/connect-links" over "/v1/{x}"); its methods make the Allow list (built only for 405).
   match_result result;
-  std::vector<std::string_view> segs;
+  // No template has more than a handful of segments; a longer path matches nothing.
+  std::array<std::string_view, 16> segs;
+  std::size_t nsegs = 0;
   {
     std::size_t i = (!path.empty() && path[0] == '/') ? 1 : 0;
     while (i <= path.size()) {
+      if (nsegs == segs.size()) return result;
       auto j = path.find('/', i);
       if (j == std::string_view::npos) j = path.size();
-      segs.push_back(path.substr(i, j - i));
+      segs[nsegs++] = path.substr(i, j - i);
       i = j + 1;
     }
   }
   auto literal_match = [&](const route_entry& r, int& literals) {
     literals = 0;
-    if (r.segments.size() != segs.size()) return false;
-    for (std::size_t i = 0; i < segs.size(); ++i) {
+    if (r.segments.size() != nsegs) return false;
+    for (std::size_t i = 0; i < nsegs; ++i) {
       if (is_param(r.segments[i])) {
         if (segs[i].empty()) return false;
         continue;
@@ -91,15 +95,15 @@ router::match_result router::match(std::string_view method, std::string_view pat
     std::sort(result.allow.begin(), result.allow.end());
     return result;
   }
-  for (std::size_t i = 0; i < segs.size(); ++i) {
+  for (std::size_t i = 0; i < nsegs; ++i) {
     if (!is_param(chosen->segments[i])) continue;
     auto decoded = percent_decode(segs[i]);
     if (!decoded || decoded->empty()) {  // undecodable: no such resource
       result = match_result{};
       return result;
     }
-    result.params.emplace(chosen->segments[i].substr(1, chosen->segments[i].size() - 2),
-                          std::move(*decoded));
+    const std::string_view name = chosen->segments[i];
+    result.params.emplace_back(name.substr(1, name.size() - 2), std::move(*decoded));
   }
   result.h = &chosen->h;
   return result;

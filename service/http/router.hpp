@@ -20,9 +20,9 @@ class router {
 
   struct match_result {
     const handler* h = nullptr;      // set when path and method match
-    std::string route;               // template of the matched path (also on 405)
+    std::string_view route;          // template of the matched path (also on 405); router-owned
     std::vector<std::string> allow;  // methods allowed for the path (on 405)
-    std::map<std::string, std::string, std::less<>> params;
+    std::vector<std::pair<std::string_view, std::string>> params;
   };
   // Finds the handler for method+path. h == nullptr && route.empty() means 404;
   // h == nullptr && !route.empty() means 405. Thread-safe.

@@ -267,13 +267,12 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         ++active;
         auto msg = parser.release();
         req.method = std::string(msg.method_string());
-        req.target = std::string(msg.target());
+        // Views into `msg`, which outlives `req`'s use: handlers finish before the write.
+        req.target = msg.target();
         auto q = req.target.find('?');
         req.path = req.target.substr(0, q);
-        if (q != std::string::npos) req.query = req.target.substr(q + 1);
-        for (const auto& f : msg) {
-          req.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
-        }
+        if (q != std::string_view::npos) req.query = req.target.substr(q + 1);
+        for (const auto& f : msg) req.headers.emplace_back(f.name_string(), f.value());
         req.body = std::move(msg.body());
         auto rid = req.header("X-Request-Id");
         req.request_id = rid && valid_request_id(*rid) ? std::string(*rid) : new_request_id();

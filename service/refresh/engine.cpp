@@ -167,15 +167,7 @@ asio::awaitable<token_answer> engine::get(const caller& who, const std::string& 
   if (auto hit = caches_.get_token(key)) {
     // The hot path: no SQL, no decryption, no lock.
     if (policy::is_fresh(hit->expires_at, hit->lifetime, min_ttl, clock_.now())) {
-      connection_record c;
-      c.tenant_id = who.tenant;
-      c.id = id;
-      c.token_version = hit->token_version;
-      c.token_type = hit->token_type;
-      c.scope = hit->scope;
-      c.access_expires_at = hit->expires_at;
-      c.access_lifetime = hit->lifetime;
-      co_return token_answer{std::move(c), hit->access_token, false};
+      co_return token_answer{std::move(hit), false};
     }
   }
   const auto ticket = caches_.state().begin(key);
@@ -187,14 +179,13 @@ asio::awaitable<token_answer> engine::get(const caller& who, const std::string& 
       asio::steady_timer pause(co_await asio::this_coro::executor, delay);
       co_await pause.async_wait(asio::use_awaitable);
     }
-    caches_.put_token(
-        key, ticket,
-        {c.token_version, token, c.token_type, c.scope, c.access_expires_at, c.access_lifetime});
-    co_return token_answer{std::move(c), std::move(token), false};
+    auto view = cache::render_token(c, token);
+    caches_.put_token(key, ticket, view);
+    co_return token_answer{std::move(view), false};
   }
   if (!c.sealed.refresh_token_ct && c.access_expires_at > now) {
     // Imported without a refresh token: served as is until it expires.
-    co_return token_answer{std::move(c), std::move(token), false};
+    co_return token_answer{cache::render_token(c, token), false};
   }
   co_return co_await join_or_start(who, c, trigger::on_demand);
 }
@@ -267,7 +258,7 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
   }
   if (r->error) throw *r->error;
   if (!r->transient && r->conn && r->access_token) {
-    co_return token_answer{*r->conn, *r->access_token, false};
+    co_return token_answer{cache::render_token(*r->conn, *r->access_token), false};
   }
   // Transient failure: a conditional caller knows its token fails, so never gets it back;
   // others get the stored token while it has not expired.
@@ -278,7 +269,7 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
       auto opened = crypto::open_tokens(keys_, current);
       if (opened) token = std::move(opened->access_token);
     }
-    if (token) co_return token_answer{current, std::move(*token), true};
+    if (token) co_return token_answer{cache::render_token(current, *token), true};
   }
   throw unavailable_error(r->retry_after);
 }

@@ -32,6 +32,7 @@ class semaphore;
 }
 namespace tokend::cache {
 class caches;
+struct cached_token;
 }
 
 namespace tokend::refresh {
@@ -57,8 +58,7 @@ struct caller {
 };
 
 struct token_answer {
-  connection_record conn;
-  std::string access_token;
+  std::shared_ptr<const cache::cached_token> token;  // the token and its rendered reply
   bool deferred = false;  // a needed refresh failed transiently; the still-valid token is served
 };
 

@@ -1,6 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include "cache/caches.hpp"
+#include "core/model.hpp"
 
 using namespace tokend::cache;
 
@@ -22,7 +25,9 @@ TEST_CASE("lru keeps its bound and evicts the least recently used", "[cache]") {
 TEST_CASE("an insert is allowed only if nothing happened since the read began", "[cache]") {
   caches c({.enabled = true, .token_capacity = 10, .principal_capacity = 10}, nullptr);
   const auto key = caches::token_key("t", "c1");
-  cached_token v{1, "at", "Bearer", std::nullopt, tokend::sys_time{}, 3600};
+  tokend::connection_record rec;
+  rec.id = "c1";
+  const auto v = render_token(rec, "at");
 
   auto down = c.state().begin(key);  // listener not up yet
   c.put_token(key, down, v);
@@ -44,7 +49,7 @@ TEST_CASE("an insert is allowed only if nothing happened since the read began", 
   c.put_token(key, t3, v);
   auto hit = c.get_token(key);
   REQUIRE(hit);
-  CHECK(hit->access_token == "at");
+  CHECK(hit == v);
 
   c.state().set_up(false);  // listener down: caches are bypassed
   CHECK(!c.get_token(key));
@@ -56,4 +61,29 @@ TEST_CASE("disabled caches never store", "[cache]") {
   const auto key = caches::principal_key("abc");
   c.put_principal(key, c.state().begin(key), {"t", "k", {"tokens:read"}, std::nullopt});
   CHECK(!c.get_principal(key));
+}
+
+TEST_CASE("the rendered reply is valid JSON with every field escaped", "[cache]") {
+  tokend::connection_record rec;
+  rec.id = "conn-1";
+  rec.token_version = 7;
+  rec.token_type = "Bearer";
+  rec.scope = "data.records:read \"quoted\"";
+  rec.access_expires_at = tokend::sys_time{} + std::chrono::seconds(1'800'000'000);
+  rec.access_lifetime = 3600;
+  const auto t = render_token(rec, "tok\\en\n\x01");
+  CHECK(t->token_version == 7);
+  CHECK(t->lifetime == 3600);
+  const auto j = nlohmann::json::parse(t->json_head + "42" + t->json_tail + "}");
+  CHECK(j == nlohmann::json{{"connection", "conn-1"},
+                            {"access_token", "tok\\en\n\x01"},
+                            {"token_type", "Bearer"},
+                            {"expires_at", "2027-01-15T08:00:00Z"},
+                            {"expires_in", 42},
+                            {"scope", "data.records:read \"quoted\""},
+                            {"token_version", 7}});
+  rec.scope.reset();
+  const auto j2 =
+      nlohmann::json::parse(render_token(rec, "x")->json_head + "0" + render_token(rec, "x")->json_tail + "}");
+  CHECK(j2["scope"].is_null());
 }

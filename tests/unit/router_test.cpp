@@ -19,7 +19,9 @@ router make_router() {
   router r;
   auto ok = [](std::string tag) {
     return [tag](request& req) -> asio::awaitable<response> {
-      nlohmann::json j = {{"tag", tag}, {"params", req.params}};
+      nlohmann::json params = nlohmann::json::object();
+      for (const auto& [k, v] : req.params) params[std::string(k)] = v;
+      nlohmann::json j = {{"tag", tag}, {"params", params}};
       co_return tokend::http::json_response(200, j.dump());
     };
   };
@@ -130,4 +132,22 @@ TEST_CASE("503 and 429 problems always carry Retry-After", "[router]") {
   e.retry_after = 30;
   CHECK(has_retry(tokend::http::make_problem(e, "r")) == "30");
   CHECK(has_retry(tokend::http::make_problem(errc::not_found, "x", "r")).empty());
+}
+
+TEST_CASE("request views: headers case-insensitively, query parameters decoded", "[router]") {
+  request req;
+  CHECK(!req.query_param("min_ttl"));  // no query at all
+  req.query = "min_ttl=30&note=a%20b&flag";
+  CHECK(req.query_param("min_ttl") == std::optional<std::string>("30"));
+  CHECK(req.query_param("note") == std::optional<std::string>("a b"));
+  CHECK(req.query_param("flag") == std::optional<std::string>(""));
+  CHECK(!req.query_param("other"));
+  const std::string line = "limit=3 HTTP/1.1";  // a view into a longer buffer, as on the wire
+  req.query = std::string_view(line).substr(0, 7);
+  CHECK(req.query_param("limit") == std::optional<std::string>("3"));
+  req.query = "a=%zz";
+  CHECK_THROWS_AS(req.query_param("a"), tokend::api_error);
+  req.headers = {{"authorization", "Bearer x"}, {"Authorization", "second"}};
+  CHECK(req.header("AUTHORIZATION") == std::optional<std::string_view>("Bearer x"));
+  CHECK(!req.header("X-Request-Id"));
 }
