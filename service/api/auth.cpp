@@ -34,12 +34,12 @@ asio::awaitable<principal> authenticate(context& ctx, const http::request& req) 
   if (v.size() < 7 || strncasecmp(v.data(), "Bearer ", 7) != 0) {
     throw unauthorized("the Authorization header must be 'Bearer <key>'");
   }
-  std::string token(v.substr(7));
-  token.erase(0, token.find_first_not_of(' '));
+  std::string_view token = v.substr(7);
+  token.remove_prefix(std::min(token.size(), token.find_first_not_of(' ')));
   if (token.empty() || token.size() > 512) throw unauthorized("invalid bearer token");
 
   if (!ctx.cfg.admin_token.empty() && crypto::equal_ct(token, ctx.cfg.admin_token)) {
-    co_return principal{true, "", "", {}};
+    co_return principal{true, nullptr};
   }
   const auto hash = crypto::sha256(token);
   const auto cache_key = cache::caches::principal_key(crypto::hex(hash));
@@ -47,7 +47,7 @@ asio::awaitable<principal> authenticate(context& ctx, const http::request& req) 
     const auto now = ctx.clock.now();
     if (p->expires_at && *p->expires_at <= now) throw unauthorized("this API key has expired");
     ctx.usage.note(p->tenant_id, p->key_id, now);
-    co_return principal{false, p->tenant_id, p->key_id, p->scopes};
+    co_return principal{false, std::move(p)};
   }
   const auto ticket = ctx.caches.state().begin(cache_key);
   auto key = co_await ctx.db.run(req.deadline, [&](pqxx::connection_base& c) {
@@ -62,10 +62,16 @@ asio::awaitable<principal> authenticate(context& ctx, const http::request& req) 
     asio::steady_timer t(co_await asio::this_coro::executor, delay);
     co_await t.async_wait(asio::use_awaitable);
   }
-  ctx.caches.put_principal(cache_key, ticket,
-                           {key->tenant_id, key->id, key->scopes, key->expires_at});
+  auto entry = std::make_shared<const cache::cached_principal>(
+      cache::cached_principal{key->tenant_id, key->id, key->scopes, key->expires_at});
+  ctx.caches.put_principal(cache_key, ticket, entry);
   ctx.usage.note(key->tenant_id, key->id, now);
-  co_return principal{false, key->tenant_id, key->id, key->scopes};
+  co_return principal{false, std::move(entry)};
+}
+
+const std::string& principal::tenant_id() const {
+  static const std::string none;
+  return key ? key->tenant_id : none;
 }
 
 void require_admin(const principal& p) {
@@ -77,7 +83,8 @@ void require_scope(const principal& p, std::string_view scope) {
     throw api_error(errc::forbidden,
                     "the admin token manages tenants and keys only; use a tenant API key");
   }
-  if (std::find(p.scopes.begin(), p.scopes.end(), scope) == p.scopes.end()) {
+  const auto& scopes = p.key->scopes;
+  if (std::find(scopes.begin(), scopes.end(), scope) == scopes.end()) {
     throw api_error(errc::forbidden, "this API key lacks the scope " + std::string(scope));
   }
 }

@@ -2,21 +2,23 @@
 // a SHA-256 hash) with scopes. The tenant always comes from the key.
 #pragma once
 #include <boost/asio/awaitable.hpp>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "api/context.hpp"
+#include "cache/caches.hpp"
 #include "http/message.hpp"
 
 namespace tokend::api {
 
 struct principal {
   bool admin = false;
-  std::string tenant_id;  // empty for the admin
-  std::string key_id;
-  std::vector<std::string> scopes;
+  std::shared_ptr<const cache::cached_principal> key;  // the API key; null for the admin
+
+  const std::string& tenant_id() const;  // empty for the admin
 };
 
 // Resolves the Authorization header. Missing, malformed, unknown, revoked or expired -> 401.

@@ -52,7 +52,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
   const auto now = ctx.clock.now();
 
   auto [stored, created] = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    auto provider = store::get_provider(tx, who.tenant_id, provider_id);
+    auto provider = store::get_provider(tx, who.tenant_id(), provider_id);
     if (!provider) bad_request("unknown provider " + provider_id, "/provider");
     using std::chrono::seconds;
     if (expires_at) {
@@ -68,7 +68,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
         t.refresh_expires_at = now + seconds(*life);
       }
     }
-    auto existing = store::get_connection(tx, who.tenant_id, id, true);
+    auto existing = store::get_connection(tx, who.tenant_id(), id, true);
     if (if_version && (!existing || existing->token_version != *if_version)) {
       throw api_error(errc::conflict, existing ? "token_version is " +
                                                      std::to_string(existing->token_version) +
@@ -76,7 +76,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
                                                : "the connection does not exist");
     }
     connection_record c;
-    c.tenant_id = who.tenant_id;
+    c.tenant_id = who.tenant_id();
     c.id = id;
     c.provider_id = provider_id;
     c.row_id = existing ? existing->row_id : store::next_connection_row_id(tx);
@@ -111,7 +111,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     store::notify_change(tx, cache::caches::token_key(out.tenant_id, out.id));
     return std::pair{std::move(out), !existing};
   });
-  ctx.caches.invalidate(cache::caches::token_key(who.tenant_id, id));
+  ctx.caches.invalidate(cache::caches::token_key(who.tenant_id(), id));
   co_return json_reply(created ? 201 : 200, connection_view(stored));
 }
 
@@ -120,7 +120,7 @@ asio::awaitable<http::response> get_connection(context& ctx, http::request& req)
   require_scope(who, "connections:read");
   const auto id = path_id(req, "connection");
   auto c = co_await in_tx(
-      ctx, req, [&](pqxx::work& tx) { return store::get_connection(tx, who.tenant_id, id); });
+      ctx, req, [&](pqxx::work& tx) { return store::get_connection(tx, who.tenant_id(), id); });
   if (!c) throw api_error(errc::not_found, "no such connection");
   co_return json_reply(200, connection_view(*c));
 }
@@ -150,7 +150,7 @@ asio::awaitable<http::response> list_connections(context& ctx, http::request& re
   auto rows = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
     auto probe = f;
     probe.limit = f.limit + 1;
-    return store::list_connections(tx, who.tenant_id, probe);
+    return store::list_connections(tx, who.tenant_id(), probe);
   });
   nlohmann::json items = nlohmann::json::array();
   nlohmann::json next = nullptr;
@@ -168,11 +168,11 @@ asio::awaitable<http::response> delete_connection(context& ctx, http::request& r
   require_scope(who, "connections:write");
   const auto id = path_id(req, "connection");
   bool found = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    bool deleted = store::delete_connection(tx, who.tenant_id, id);
-    if (deleted) store::notify_change(tx, cache::caches::token_key(who.tenant_id, id));
+    bool deleted = store::delete_connection(tx, who.tenant_id(), id);
+    if (deleted) store::notify_change(tx, cache::caches::token_key(who.tenant_id(), id));
     return deleted;
   });
-  ctx.caches.invalidate(cache::caches::token_key(who.tenant_id, id));
+  ctx.caches.invalidate(cache::caches::token_key(who.tenant_id(), id));
   if (!found) throw api_error(errc::not_found, "no such connection");
   http::response res;
   res.status = 204;
@@ -186,9 +186,9 @@ asio::awaitable<http::response> list_events(context& ctx, http::request& req) {
   const int limit = static_cast<int>(int_param(req.query_param("limit"), "limit", 1, 500, 50));
   auto events =
       co_await in_tx(ctx, req, [&](pqxx::work& tx) -> std::optional<std::vector<event_record>> {
-        auto c = store::get_connection(tx, who.tenant_id, id);
+        auto c = store::get_connection(tx, who.tenant_id(), id);
         if (!c) return std::nullopt;
-        return store::list_events(tx, who.tenant_id, c->row_id, limit);
+        return store::list_events(tx, who.tenant_id(), c->row_id, limit);
       });
   if (!events) throw api_error(errc::not_found, "no such connection");
   nlohmann::json items = nlohmann::json::array();

@@ -34,7 +34,7 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
 
   auto body = body_reader::parse(req.body);
   provider_record p;
-  p.tenant_id = who.tenant_id;
+  p.tenant_id = who.tenant_id();
   p.id = id;
   p.type = *body.string("type", 32, true);
   if (p.type != "airtable" && p.type != "oauth2") {
@@ -117,7 +117,7 @@ asio::awaitable<http::response> get_provider(context& ctx, http::request& req) {
   require_scope(who, "connections:read");
   const auto& id = path_id(req, "provider");
   auto p = co_await in_tx(
-      ctx, req, [&](pqxx::work& tx) { return store::get_provider(tx, who.tenant_id, id); });
+      ctx, req, [&](pqxx::work& tx) { return store::get_provider(tx, who.tenant_id(), id); });
   if (!p) throw api_error(errc::not_found, "no such provider");
   co_return json_reply(200, provider_view(*p));
 }
@@ -126,7 +126,7 @@ asio::awaitable<http::response> list_providers(context& ctx, http::request& req)
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:read");
   auto all = co_await in_tx(
-      ctx, req, [&](pqxx::work& tx) { return store::list_providers(tx, who.tenant_id); });
+      ctx, req, [&](pqxx::work& tx) { return store::list_providers(tx, who.tenant_id()); });
   nlohmann::json items = nlohmann::json::array();
   for (const auto& p : all) items.push_back(provider_view(p));
   co_return json_reply(200, {{"items", items}});

@@ -40,7 +40,7 @@ asio::awaitable<http::response> get_token(context& ctx, http::request& req) {
   const auto min_ttl = int_param(req.query_param("min_ttl"), "min_ttl", 0, 3300, 300);
   // A named caller: g++ 12 mishandles brace-initialized temporaries bound to reference
   // parameters of a coroutine inside co_await (the temporary is destroyed twice).
-  const refresh::caller c{who.tenant_id, req.request_id, req.deadline};
+  const refresh::caller c{who.tenant_id(), req.request_id, req.deadline};
   auto answer = co_await ctx.engine.get(c, id, min_ttl);
   co_return token_reply(answer, ctx.clock.now());
 }
@@ -52,7 +52,7 @@ asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
   auto body = body_reader::parse(req.body, true);
   auto if_version = body.integer("if_token_version", 1, std::numeric_limits<long long>::max());
   body.finish();
-  const refresh::caller c{who.tenant_id, req.request_id, req.deadline};
+  const refresh::caller c{who.tenant_id(), req.request_id, req.deadline};
   auto answer = co_await ctx.engine.refresh(c, id, if_version);
   co_return token_reply(answer, ctx.clock.now());
 }

@@ -62,11 +62,17 @@ std::shared_ptr<const cached_token> render_token(const connection_record& c,
 
 std::string caches::token_key(std::string_view tenant, std::string_view connection) {
   // Ids cannot contain a space, so the key is unambiguous.
-  return "t " + std::string(tenant) + " " + std::string(connection);
+  std::string key;
+  key.reserve(3 + tenant.size() + connection.size());
+  key.append("t ").append(tenant).append(" ").append(connection);
+  return key;
 }
 
 std::string caches::principal_key(std::string_view key_hash) {
-  return "k " + std::string(key_hash);
+  std::string key;
+  key.reserve(2 + key_hash.size());
+  key.append("k ").append(key_hash);
+  return key;
 }
 
 std::shared_ptr<const cached_token> caches::get_token(const std::string& key) {
@@ -99,13 +105,14 @@ std::shared_ptr<const cached_principal> caches::get_principal(const std::string&
   return v ? std::move(*v) : nullptr;
 }
 
-void caches::put_principal(const std::string& key, const coherence::ticket& t, cached_principal v) {
+void caches::put_principal(const std::string& key, const coherence::ticket& t,
+                           std::shared_ptr<const cached_principal> v) {
   if (!opts_.enabled) return;
   if (!state_.still_valid(t)) {
     if (skipped_) skipped_->Increment();
     return;
   }
-  auto evicted = principals_.put(key, std::make_shared<const cached_principal>(std::move(v)));
+  auto evicted = principals_.put(key, std::move(v));
   if (!state_.still_valid(t)) principals_.erase(key);
   if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
   if (principal_entries_) principal_entries_->Set(static_cast<double>(principals_.size()));

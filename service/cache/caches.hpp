@@ -164,7 +164,8 @@ class caches {
   void put_token(const std::string& key, const coherence::ticket& t,
                  std::shared_ptr<const cached_token> v);
   std::shared_ptr<const cached_principal> get_principal(const std::string& key);
-  void put_principal(const std::string& key, const coherence::ticket& t, cached_principal v);
+  void put_principal(const std::string& key, const coherence::ticket& t,
+                     std::shared_ptr<const cached_principal> v);
 
   // A change to `key` (local or notified): drop the entry, invalidate outstanding tickets.
   void invalidate(const std::string& key);

@@ -34,6 +34,10 @@ bool valid_request_id(std::string_view id) {
 
 void append_clean(std::string& out, std::string_view v) {
   // Header values are ours, but never let a stray CR or LF split a header.
+  if (v.find_first_of("\r\n") == std::string_view::npos) {
+    out.append(v);
+    return;
+  }
   for (char c : v) out.push_back(c == '\r' || c == '\n' ? ' ' : c);
 }
 

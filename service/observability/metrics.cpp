@@ -12,6 +12,11 @@
 namespace tokend::observability {
 
 struct metrics::impl {
+  // Unique per instance for the life of the process (addresses can be reused; ids are not).
+  const std::uint64_t id = [] {
+    static std::atomic<std::uint64_t> next{1};
+    return next++;
+  }();
   std::mutex series_mu;  // guards request_series
   std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>>
       request_series;
@@ -109,7 +114,22 @@ void metrics::observe_request(std::string_view method, std::string_view route, i
   static const prometheus::Histogram::BucketBoundaries buckets = {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
   // Family::Add builds and hashes a label map each time; remember the series per
-  // (method, route, status) instead. Few distinct keys exist (route templates, not paths).
+  // (method, route, status) instead. Few distinct keys exist (route templates, not paths), so
+  // each thread also keeps the ones it used in a short list it scans without a lock.
+  struct memo {
+    std::uint64_t owner;
+    std::string method, route;
+    int status;
+    std::pair<prometheus::Counter*, prometheus::Histogram*> series;
+  };
+  thread_local std::vector<memo> recent;
+  for (const auto& m : recent) {
+    if (m.owner == impl_->id && m.status == status && m.route == route && m.method == method) {
+      m.series.first->Increment();
+      m.series.second->Observe(seconds);
+      return;
+    }
+  }
   std::string key;
   key.reserve(method.size() + route.size() + 8);
   key.append(method).push_back('\0');
@@ -127,6 +147,9 @@ void metrics::observe_request(std::string_view method, std::string_view route, i
       it = impl_->request_series.emplace(key, std::pair{&counter, &histogram}).first;
     }
     series = it->second;
+  }
+  if (recent.size() < 256) {
+    recent.push_back({impl_->id, std::string(method), std::string(route), status, series});
   }
   series.first->Increment();
   series.second->Observe(seconds);

@@ -59,7 +59,9 @@ TEST_CASE("disabled caches never store", "[cache]") {
   caches c({.enabled = false}, nullptr);
   c.state().set_up(true);
   const auto key = caches::principal_key("abc");
-  c.put_principal(key, c.state().begin(key), {"t", "k", {"tokens:read"}, std::nullopt});
+  c.put_principal(key, c.state().begin(key),
+                  std::make_shared<const cached_principal>(
+                      cached_principal{"t", "k", {"tokens:read"}, std::nullopt}));
   CHECK(!c.get_principal(key));
 }
 
