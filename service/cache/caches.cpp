@@ -51,7 +51,11 @@ std::shared_ptr<const cached_token> render_token(const connection_record& c,
   t->token_version = c.token_version;
   t->expires_at = c.access_expires_at;
   t->lifetime = c.access_lifetime;
-  auto str = [](std::string_view v) { return nlohmann::json(v).dump(); };
+  // Invalid UTF-8 (a provider's odd token or scope) is replaced, not thrown on: this runs after
+  // the token set was committed, and must not turn every later GET into a 500.
+  auto str = [](std::string_view v) {
+    return nlohmann::json(v).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
   t->json_head = "{\"connection\":" + str(c.id) + ",\"access_token\":" + str(access_token) +
                  ",\"token_type\":" + str(c.token_type) + ",\"expires_at\":\"" +
                  format_rfc3339(c.access_expires_at) + "\",\"expires_in\":";

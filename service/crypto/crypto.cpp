@@ -34,14 +34,18 @@ std::string random_bytes(std::size_t n) {
 std::string sha256(std::string_view data) {
   // SHA256() fetches the algorithm and allocates a context on every call; this runs on every
   // authenticated request, so the algorithm is fetched once and each thread keeps a context.
-  static EVP_MD* const md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  static const EVP_MD* const md = [] {
+    const EVP_MD* fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    return fetched ? fetched : EVP_sha256();
+  }();
   thread_local std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
                                                                           &EVP_MD_CTX_free);
   std::string out(SHA256_DIGEST_LENGTH, '\0');
   unsigned int len = 0;
   if (!md || !ctx || EVP_DigestInit_ex(ctx.get(), md, nullptr) != 1 ||
       EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 ||
-      EVP_DigestFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len) != 1) {
+      EVP_DigestFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len) != 1 ||
+      len != SHA256_DIGEST_LENGTH) {
     throw std::runtime_error("SHA-256 failed");
   }
   return out;

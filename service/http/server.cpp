@@ -50,8 +50,8 @@ void append_header(std::string& out, std::string_view name, std::string_view val
 
 }  // namespace
 
-// HTTP/1.x response head and body, with the framing rules Beast's prepare_payload applies:
-// no Content-Length (and no body) for 1xx, 204 and 304; HEAD announces the length it omits.
+// HTTP/1.x response head and body (RFC 9112 framing): no Content-Length and no body for 1xx,
+// 204 and 304; HEAD announces the length of the body it omits.
 void serialize_response(std::string& out, const request& req, const response& res, unsigned version,
                bool keep_alive) {
   out.clear();
@@ -193,6 +193,9 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     serialize_response(wire, req, res, version, keep_alive);
     st.deadline = std::chrono::steady_clock::now() + opts.write_timeout;
     co_await asio::async_write(stream, asio::buffer(wire), asio::use_awaitable);
+    // Keep the buffer for small replies only: an idle keep-alive connection should not hold the
+    // largest page it ever sent.
+    if (wire.capacity() > 64 * 1024) std::string().swap(wire);
   }
 
   asio::awaitable<void> session(beast::tcp_stream stream) {

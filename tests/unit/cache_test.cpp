@@ -89,3 +89,12 @@ TEST_CASE("the rendered reply is valid JSON with every field escaped", "[cache]"
       nlohmann::json::parse(render_token(rec, "x")->json_head + "0" + render_token(rec, "x")->json_tail + "}");
   CHECK(j2["scope"].is_null());
 }
+
+TEST_CASE("a token that is not valid UTF-8 still renders to valid JSON", "[cache]") {
+  tokend::connection_record rec;
+  rec.id = "c1";
+  std::shared_ptr<const cached_token> t;
+  REQUIRE_NOTHROW(t = render_token(rec, "ab\xff\xfe"));
+  const auto j = nlohmann::json::parse(t->json_head + "1" + t->json_tail + "}");
+  CHECK(j["access_token"].get<std::string>().rfind("ab", 0) == 0);
+}
