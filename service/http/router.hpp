@@ -15,7 +15,8 @@ using handler = std::function<boost::asio::awaitable<response>(request&)>;
 class router {
  public:
   // Registers `method` on `path_template` ("/v1/tenants/{tenant}"). Not thread-safe: build the
-  // table before serving; lookups afterwards are read-only and safe from any thread.
+  // table before serving; lookups afterwards are read-only and safe from any thread. Requests
+  // keep views of the templates (route, parameter names), so nothing may be added once serving.
   void add(std::string method, std::string path_template, handler h);
 
   struct match_result {
