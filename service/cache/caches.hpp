@@ -125,7 +125,8 @@ struct cached_token {
   long long token_version = 0;
   sys_time expires_at;
   long long lifetime = 0;
-  std::string json_head;  // {"connection":..,"access_token":..,"token_type":..,"expires_at":..,"expires_in":
+  std::string
+      json_head;  // {"connection":..,"access_token":..,"token_type":..,"expires_at":..,"expires_in":
   std::string json_tail;  // ,"scope":..,"token_version":N
 };
 

@@ -39,7 +39,7 @@ std::string sha256(std::string_view data) {
     return fetched ? fetched : EVP_sha256();
   }();
   thread_local std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
-                                                                          &EVP_MD_CTX_free);
+                                                                           &EVP_MD_CTX_free);
   std::string out(SHA256_DIGEST_LENGTH, '\0');
   unsigned int len = 0;
   if (!md || !ctx || EVP_DigestInit_ex(ctx.get(), md, nullptr) != 1 ||

@@ -12,7 +12,7 @@ namespace tokend::http {
 // The views point into the transport's parsed message, the session or the router's table; they
 // stay valid until the response has been written. Copy what must outlive the request.
 struct request {
-  std::string method;      // upper case, e.g. "GET"
+  std::string method;       // upper case, e.g. "GET"
   std::string_view target;  // raw request target
   std::string_view path;    // target without the query
   std::string_view query;   // raw query string without '?'

@@ -1,10 +1,10 @@
 #include "http/server.hpp"
 
 #include <atomic>
-#include <charconv>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <charconv>
 #include <mutex>
 #include <random>
 #include <set>
@@ -53,7 +53,7 @@ void append_header(std::string& out, std::string_view name, std::string_view val
 // HTTP/1.x response head and body (RFC 9112 framing): no Content-Length and no body for 1xx,
 // 204 and 304; HEAD announces the length of the body it omits.
 void serialize_response(std::string& out, const request& req, const response& res, unsigned version,
-               bool keep_alive) {
+                        bool keep_alive) {
   out.clear();
   out.append(version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
   char num[24];
@@ -188,8 +188,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   // one gathered send: Beast's serializer cost more than the whole token lookup (one field
   // allocation per header and a deep buffer-sequence walk per write).
   asio::awaitable<void> write_response(beast::tcp_stream& stream, session_state& st,
-                                       std::string& wire, const request& req,
-                                       const response& res, unsigned version, bool keep_alive) {
+                                       std::string& wire, const request& req, const response& res,
+                                       unsigned version, bool keep_alive) {
     serialize_response(wire, req, res, version, keep_alive);
     st.deadline = std::chrono::steady_clock::now() + opts.write_timeout;
     co_await asio::async_write(stream, asio::buffer(wire), asio::use_awaitable);

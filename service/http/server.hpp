@@ -32,8 +32,8 @@ using completion_hook =
 // Writes `res` as an HTTP/1.x message into `out` (cleared first): status line, Content-Type,
 // X-Request-Id, the response's headers, Connection when it differs from the version's default,
 // Content-Length (none for 1xx, 204 and 304), then the body unless the request was HEAD.
-void serialize_response(std::string& out, const request& req, const response& res,
-                        unsigned version, bool keep_alive);
+void serialize_response(std::string& out, const request& req, const response& res, unsigned version,
+                        bool keep_alive);
 
 class server {
  public:

@@ -126,7 +126,7 @@ void metrics::observe_request(std::string_view method, std::string_view route, i
   thread_local std::vector<memo> recent;
   // The method comes from the client: unknown ones share one label value, so neither the label
   // set nor the memo can be grown by made-up methods.
-  static constexpr std::string_view known[] = {"GET",    "HEAD",    "POST", "PUT",
+  static constexpr std::string_view known[] = {"GET",   "HEAD",   "POST",   "PUT",
                                                "PATCH", "DELETE", "OPTIONS"};
   if (std::find(std::begin(known), std::end(known), method) == std::end(known)) method = "OTHER";
   if (!recent.empty() && recent.front().owner != impl_->id) recent.clear();  // another instance

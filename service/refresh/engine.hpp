@@ -33,7 +33,7 @@ class semaphore;
 namespace tokend::cache {
 class caches;
 struct cached_token;
-}
+}  // namespace tokend::cache
 
 namespace tokend::refresh {
 

@@ -85,8 +85,8 @@ TEST_CASE("the rendered reply is valid JSON with every field escaped", "[cache]"
                             {"scope", "data.records:read \"quoted\""},
                             {"token_version", 7}});
   rec.scope.reset();
-  const auto j2 =
-      nlohmann::json::parse(render_token(rec, "x")->json_head + "0" + render_token(rec, "x")->json_tail + "}");
+  const auto j2 = nlohmann::json::parse(render_token(rec, "x")->json_head + "0" +
+                                        render_token(rec, "x")->json_tail + "}");
   CHECK(j2["scope"].is_null());
 }
 

@@ -49,8 +49,7 @@ TEST_CASE("older keys still open what they sealed", "[crypto]") {
 TEST_CASE("SHA-256 matches the FIPS 180-2 vectors, call after call on one thread", "[crypto]") {
   // The context is kept per thread and reused: each digest must start from a clean state.
   for (int round = 0; round < 2; ++round) {
-    CHECK(hex(sha256("abc")) ==
-          "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(hex(sha256("abc")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     CHECK(hex(sha256("")) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     CHECK(hex(sha256("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")) ==
           "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");

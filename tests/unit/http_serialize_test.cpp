@@ -19,8 +19,7 @@ request make_request(std::string method) {
 
 }  // namespace
 
-TEST_CASE("a JSON answer carries its exact length, the request id and its own headers",
-          "[http]") {
+TEST_CASE("a JSON answer carries its exact length, the request id and its own headers", "[http]") {
   auto req = make_request("GET");
   response res;
   res.body = R"({"a":1})";

@@ -27,7 +27,11 @@ TEST_CASE("request counts survive the memo and stay per instance", "[metrics]") 
     m.observe_request("GET", "/v1/tokens/{connection}", 404, 0.001);
     const auto text = m.serialize();
     CHECK(sample(text, get_ok) == 5);
-    CHECK(sample(text, R"(tokend_http_requests_total{method="GET",route="/v1/tokens/{connection}",status="404"})") == 1);
+    CHECK(
+        sample(
+            text,
+            R"(tokend_http_requests_total{method="GET",route="/v1/tokens/{connection}",status="404"})") ==
+        1);
   }
   // A second instance on the same thread must not count into the first one's series.
   metrics other;
@@ -41,6 +45,8 @@ TEST_CASE("unknown request methods share one label value", "[metrics]") {
     m.observe_request("X-METHOD-" + std::to_string(i), "unmatched", 404, 0.001);
   }
   const auto text = m.serialize();
-  CHECK(sample(text, R"(tokend_http_requests_total{method="OTHER",route="unmatched",status="404"})") == 300);
+  CHECK(sample(text,
+               R"(tokend_http_requests_total{method="OTHER",route="unmatched",status="404"})") ==
+        300);
   CHECK(text.find("X-METHOD-") == std::string::npos);
 }
