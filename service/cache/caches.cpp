@@ -79,47 +79,48 @@ std::string caches::principal_key(std::string_view key_hash) {
   return key;
 }
 
-std::shared_ptr<const cached_token> caches::get_token(const std::string& key) {
+template <class V>
+std::shared_ptr<const V> caches::lookup(lru<std::shared_ptr<const V>>& map,
+                                        const std::string& key) {
   if (!opts_.enabled || !state_.up()) return nullptr;
-  auto v = tokens_.get(key);
+  auto v = map.get(key);
   if (v && hits_) hits_->Increment();
   if (!v && misses_) misses_->Increment();
   return v ? std::move(*v) : nullptr;
+}
+
+template <class V>
+void caches::insert(lru<std::shared_ptr<const V>>& map, prometheus::Gauge* entries,
+                    const std::string& key, const coherence::ticket& t,
+                    std::shared_ptr<const V> v) {
+  if (!opts_.enabled) return;
+  if (!state_.still_valid(t)) {
+    if (skipped_) skipped_->Increment();
+    return;
+  }
+  auto evicted = map.put(key, std::move(v));
+  // A change may have landed between the check and the put: re-check and undo if so.
+  if (!state_.still_valid(t)) map.erase(key);
+  if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
+  if (entries) entries->Set(static_cast<double>(map.size()));
+}
+
+std::shared_ptr<const cached_token> caches::get_token(const std::string& key) {
+  return lookup(tokens_, key);
 }
 
 void caches::put_token(const std::string& key, const coherence::ticket& t,
                        std::shared_ptr<const cached_token> v) {
-  if (!opts_.enabled) return;
-  if (!state_.still_valid(t)) {
-    if (skipped_) skipped_->Increment();
-    return;
-  }
-  auto evicted = tokens_.put(key, std::move(v));
-  // A change may have landed between the check and the put: re-check and undo if so.
-  if (!state_.still_valid(t)) tokens_.erase(key);
-  if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
-  if (token_entries_) token_entries_->Set(static_cast<double>(tokens_.size()));
+  insert(tokens_, token_entries_, key, t, std::move(v));
 }
 
 std::shared_ptr<const cached_principal> caches::get_principal(const std::string& key) {
-  if (!opts_.enabled || !state_.up()) return nullptr;
-  auto v = principals_.get(key);
-  if (v && hits_) hits_->Increment();
-  if (!v && misses_) misses_->Increment();
-  return v ? std::move(*v) : nullptr;
+  return lookup(principals_, key);
 }
 
 void caches::put_principal(const std::string& key, const coherence::ticket& t,
                            std::shared_ptr<const cached_principal> v) {
-  if (!opts_.enabled) return;
-  if (!state_.still_valid(t)) {
-    if (skipped_) skipped_->Increment();
-    return;
-  }
-  auto evicted = principals_.put(key, std::move(v));
-  if (!state_.still_valid(t)) principals_.erase(key);
-  if (evictions_ && evicted) evictions_->Increment(static_cast<double>(evicted));
-  if (principal_entries_) principal_entries_->Set(static_cast<double>(principals_.size()));
+  insert(principals_, principal_entries_, key, t, std::move(v));
 }
 
 void caches::invalidate(const std::string& key) {

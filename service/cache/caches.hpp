@@ -174,6 +174,12 @@ class caches {
   void flush();
 
  private:
+  template <class V>
+  std::shared_ptr<const V> lookup(lru<std::shared_ptr<const V>>& map, const std::string& key);
+  template <class V>
+  void insert(lru<std::shared_ptr<const V>>& map, prometheus::Gauge* entries,
+              const std::string& key, const coherence::ticket& t, std::shared_ptr<const V> v);
+
   cache_options opts_;
   coherence state_;
   lru<std::shared_ptr<const cached_token>> tokens_;
