@@ -4,13 +4,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <pqxx/pqxx>
 #include <regex>
 #include <thread>
 
-#include "crypto/crypto.hpp"
-#include "crypto/token_seal.hpp"
-#include "store/repository.hpp"
 #include "support/fixtures.hpp"
 
 using namespace tokend::test;

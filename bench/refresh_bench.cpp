@@ -64,11 +64,10 @@ double pct(const std::vector<double>& sorted, double p) {
 
 std::string provider_for(const tokend_process& t, const std::string& token_url, bool airtable) {
   auto key = t.tenant_key("acme");
-  json p = {{"type", airtable ? "airtable" : "oauth2"},
-            {"client_id", "tokend-test"},
-            {"client_secret", "tokend-test-secret"},
-            {"token_url", token_url}};
-  REQUIRE(t.call("PUT", "/v1/providers/idp", key, p).status == 201);
+  put_provider(t, key, "idp", token_url,
+               json{{"type", airtable ? "airtable" : "oauth2"},
+                    {"client_id", "tokend-test"},
+                    {"client_secret", "tokend-test-secret"}});
   return key;
 }
 

@@ -1,4 +1,5 @@
-// What every API handler may use: settings, pools, keyring, metrics, clock, key-usage tracker.
+// What every API handler may use: settings, the short-query pool, keyring, clock, key-usage
+// tracker, the refresh engine and the caches.
 // Owned by serve(); handlers hold references that outlive the router.
 #pragma once
 #include <chrono>
@@ -11,9 +12,6 @@ class db_pool;
 }
 namespace tokend::crypto {
 class keyring;
-}
-namespace tokend::observability {
-class metrics;
 }
 
 namespace tokend::refresh {
@@ -29,20 +27,15 @@ class key_usage;
 
 struct settings {
   std::string admin_token;
-  std::string public_url;
   std::string environment;
   std::string instance_id;
   bool allow_insecure_provider_urls = false;
-  std::chrono::seconds request_timeout{15};
-  std::chrono::seconds force_refresh_min_interval{10};
 };
 
 struct context {
   const settings& cfg;
-  store::db_pool& db;          // short queries
-  store::db_pool& refresh_db;  // transactions held across a provider call
+  store::db_pool& db;  // short queries
   const crypto::keyring& keys;
-  observability::metrics& metrics;
   key_usage& usage;
   const wall_clock& clock;
   refresh::engine& engine;

@@ -44,9 +44,7 @@ int run_migrate(const config& c) {
 }
 
 int run_rotate_keys(const config& c, int batch) {
-  std::vector<crypto::key_entry> entries;
-  for (const auto& k : c.master_keys) entries.push_back({k.kid, k.key});
-  const crypto::keyring keys(std::move(entries));
+  const crypto::keyring keys(c.master_keys);
   try {
     pqxx::connection conn(store::with_connection_params(c.database_url, "tokend-rotate-keys",
                                                         std::chrono::seconds(10)));

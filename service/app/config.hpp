@@ -7,14 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "crypto/crypto.hpp"
 #include "observability/log.hpp"
 
 namespace tokend::app {
 
-struct master_key {
-  std::string kid;
-  std::string key;  // 32 raw bytes
-};
+using master_key = crypto::key_entry;  // kid + 32 raw bytes
 
 struct config {
   std::string database_url;

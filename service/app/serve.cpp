@@ -64,16 +64,11 @@ int serve(const config& c) {
                             .idle_timeout = c.http_idle_timeout,
                             .request_timeout = c.request_timeout};
 
-  std::vector<crypto::key_entry> key_entries;
-  for (const auto& k : c.master_keys) key_entries.push_back({k.kid, k.key});
-  const crypto::keyring keys(std::move(key_entries));
+  const crypto::keyring keys(c.master_keys);
   const api::settings api_settings{.admin_token = c.admin_token,
-                                   .public_url = c.public_url,
                                    .environment = c.environment,
                                    .instance_id = c.instance_id,
-                                   .allow_insecure_provider_urls = c.allow_insecure_provider_urls,
-                                   .request_timeout = c.request_timeout,
-                                   .force_refresh_min_interval = c.force_refresh_min_interval};
+                                   .allow_insecure_provider_urls = c.allow_insecure_provider_urls};
   api::key_usage usage;
   const wall_clock clock;
   cache::caches caches({.enabled = c.cache,
@@ -98,7 +93,7 @@ int serve(const config& c) {
                           .request_timeout = c.request_timeout,
                           .force_refresh_min_interval = c.force_refresh_min_interval},
                          db, refresh_db, keys, outbound, metrics, clock, caches);
-  api::context ctx{api_settings, db, refresh_db, keys, metrics, usage, clock, engine, caches};
+  api::context ctx{api_settings, db, keys, usage, clock, engine, caches};
 
   http::router api_routes;
   api::register_ops(api_routes, db, metrics, !c.metrics_host.has_value());

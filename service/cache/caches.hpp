@@ -156,7 +156,6 @@ class caches {
   static std::string token_key(std::string_view tenant, std::string_view connection);
   static std::string principal_key(std::string_view key_hash);
 
-  bool enabled() const { return opts_.enabled; }
   const cache_options& options() const { return opts_; }
   coherence& state() { return state_; }
 

@@ -131,12 +131,6 @@ const std::string* keyring::find(std::string_view kid) const {
   return nullptr;
 }
 
-std::vector<std::string> keyring::kids() const {
-  std::vector<std::string> out;
-  for (const auto& k : keys_) out.push_back(k.kid);
-  return out;
-}
-
 std::string keyring::seal(std::string_view plaintext, std::string_view aad) const {
   const auto& key = keys_.front().key;
   std::string out = random_bytes(kNonceLen);

@@ -36,7 +36,6 @@ class keyring {
   explicit keyring(std::vector<key_entry> keys);  // throws std::invalid_argument when empty
   const std::string& active_kid() const { return keys_.front().kid; }
   const std::string* find(std::string_view kid) const;
-  std::vector<std::string> kids() const;
 
   // Seals under the active key with a fresh 96-bit nonce. Output: nonce | ciphertext | tag.
   std::string seal(std::string_view plaintext, std::string_view aad) const;

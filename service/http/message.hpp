@@ -40,7 +40,6 @@ struct response {
   std::string content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
-  bool close = false;  // ask the transport to close the connection after writing
 
   void set_header(std::string name, std::string value) {
     headers.emplace_back(std::move(name), std::move(value));

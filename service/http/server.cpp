@@ -106,6 +106,19 @@ struct session_state {
   asio::steady_timer* watchdog = nullptr;
 };
 
+// Counts a request as in flight (graceful shutdown waits for zero) for as long as it lives,
+// however the scope is left.
+class in_flight {
+ public:
+  explicit in_flight(std::atomic<std::size_t>& n) : n_(n) { ++n_; }
+  ~in_flight() { --n_; }
+  in_flight(const in_flight&) = delete;
+  in_flight& operator=(const in_flight&) = delete;
+
+ private:
+  std::atomic<std::size_t>& n_;
+};
+
 asio::awaitable<void> watchdog(std::shared_ptr<session_state> st) {
   asio::steady_timer timer(co_await asio::this_coro::executor);
   st->watchdog = &timer;
@@ -265,13 +278,12 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             }
           }
           auto res = to_problem_for_parse_error(ec, req.request_id);
-          ++active;
+          const in_flight counted(active);
           co_await write_response(stream, *st, wire, req, res, 11, false);
-          --active;
           finish(req, res);
           break;
         }
-        ++active;
+        const in_flight counted(active);
         auto msg = parser.release();
         req.method = std::string(msg.method_string());
         // Views into `msg`, which outlives `req`'s use: handlers finish before the write.
@@ -285,15 +297,13 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         req.request_id = rid && valid_request_id(*rid) ? std::string(*rid) : new_request_id();
 
         response res = co_await routes.dispatch(req);
-        const bool keep = msg.keep_alive() && !res.close && !stopping;
+        const bool keep = msg.keep_alive() && !stopping;
         try {
           co_await write_response(stream, *st, wire, req, res, msg.version(), keep);
         } catch (...) {
-          --active;
           finish(req, res);
           throw;
         }
-        --active;
         finish(req, res);
         st->busy = false;
         if (!keep) break;

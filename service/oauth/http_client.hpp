@@ -60,8 +60,6 @@ class http_client {
       const std::vector<std::pair<std::string, std::string>>& headers, std::string body,
       std::chrono::steady_clock::time_point deadline);
 
-  const client_options& options() const { return opts_; }
-
  private:
   struct impl;
   client_options opts_;

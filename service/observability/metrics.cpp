@@ -118,20 +118,23 @@ void metrics::observe_request(std::string_view method, std::string_view route, i
   // (method, route, status) instead. Few distinct keys exist (route templates, not paths), so
   // each thread also keeps the ones it used in a short list it scans without a lock.
   struct memo {
-    std::uint64_t owner;
     std::string method, route;
     int status;
     std::pair<prometheus::Counter*, prometheus::Histogram*> series;
   };
   thread_local std::vector<memo> recent;
+  thread_local std::uint64_t recent_owner = 0;  // the instance whose series `recent` holds
   // The method comes from the client: unknown ones share one label value, so neither the label
   // set nor the memo can be grown by made-up methods.
   static constexpr std::string_view known[] = {"GET",   "HEAD",   "POST",   "PUT",
                                                "PATCH", "DELETE", "OPTIONS"};
   if (std::find(std::begin(known), std::end(known), method) == std::end(known)) method = "OTHER";
-  if (!recent.empty() && recent.front().owner != impl_->id) recent.clear();  // another instance
+  if (recent_owner != impl_->id) {  // another instance: its series are not ours
+    recent.clear();
+    recent_owner = impl_->id;
+  }
   for (const auto& m : recent) {
-    if (m.owner == impl_->id && m.status == status && m.route == route && m.method == method) {
+    if (m.status == status && m.route == route && m.method == method) {
       m.series.first->Increment();
       m.series.second->Observe(seconds);
       return;
@@ -156,7 +159,7 @@ void metrics::observe_request(std::string_view method, std::string_view route, i
     series = it->second;
   }
   if (recent.size() < 256) {
-    recent.push_back({impl_->id, std::string(method), std::string(route), status, series});
+    recent.push_back({std::string(method), std::string(route), status, series});
   }
   series.first->Increment();
   series.second->Observe(seconds);
@@ -205,8 +208,6 @@ prometheus::Gauge& metrics::listener_up() { return impl_->listener.Add({}); }
 prometheus::Counter& metrics::db_jobs(std::string_view origin) {
   return impl_->jobs.Add({{"origin", std::string(origin)}});
 }
-
-prometheus::Registry& metrics::registry() { return *impl_->registry; }
 
 std::string metrics::serialize() const {
   return prometheus::TextSerializer().Serialize(impl_->registry->Collect());

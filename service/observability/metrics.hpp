@@ -43,7 +43,6 @@ class metrics {
   prometheus::Gauge& listener_up();
   prometheus::Counter& db_jobs(std::string_view origin);
 
-  prometheus::Registry& registry();
   std::string serialize() const;
 
  private:

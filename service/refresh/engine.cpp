@@ -3,8 +3,6 @@
 #include <prometheus/gauge.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -358,8 +356,8 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
                    .count());
       auto locked = co_await lease.run([&](pqxx::connection_base& c) {
         tx = std::make_unique<pqxx::work>(c);
-        tx->exec("SET LOCAL lock_timeout = " + std::to_string(left_ms));
-        tx->exec("SET LOCAL idle_in_transaction_session_timeout = " +
+        tx->exec("SET LOCAL lock_timeout = " + std::to_string(left_ms) +
+                 "; SET LOCAL idle_in_transaction_session_timeout = " +
                  std::to_string(left_ms + opts_.request_timeout.count() * 1000 + 10000));
         return store::get_connection(*tx, f.tenant, f.id, true);
       });
@@ -417,13 +415,10 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
           event_record e = append({});
           e.outcome = "invalid_grant";
           e.description = "imported without a refresh token; the access token has expired";
+          policy::classification why;
+          why.description = e.description;
           store::mark_needs_reauth(*tx, row.tenant_id, row.id, "imported_without_refresh_token",
-                                   json{{"code", "reauth_required"},
-                                        {"oauth_error", nullptr},
-                                        {"description", *e.description},
-                                        {"http_status", nullptr},
-                                        {"at", format_rfc3339(now)}}
-                                       .dump());
+                                   last_error_json("reauth_required", why, 0, now));
           store::append_event(*tx, e);
           store::notify_change(*tx, change_key);
           tx->commit();
@@ -574,17 +569,23 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
           e.description = cls.description;
           e.token_version_after = new_version;
           e.duration_ms = static_cast<int>(call_ms);
+          // The compare-and-swap write with its notification, event and attempt closing, in the
+          // transaction `t`: committed when the swap happened.
+          auto write = [&](pqxx::transaction_base& t) {
+            auto s = store::cas_write_token_set(t, row.tenant_id, row.id, row.token_version, w);
+            if (s) {
+              store::notify_change(t, change_key);
+              store::append_event(t, e);
+              store::close_attempt(t, attempt_id, "done");
+              t.commit();
+            }
+            return s;
+          };
           std::optional<connection_record> stored;
           std::exception_ptr write_error;
           try {
             stored = co_await lease.run([&](pqxx::connection_base&) {
-              auto s = store::cas_write_token_set(*tx, row.tenant_id, row.id, row.token_version, w);
-              if (s) {
-                store::notify_change(*tx, change_key);
-                store::append_event(*tx, e);
-                store::close_attempt(*tx, attempt_id, "done");
-                tx->commit();
-              }
+              auto s = write(*tx);
               tx.reset();
               return s;
             });
@@ -607,15 +608,7 @@ asio::awaitable<engine::flight_result> engine::fly(flight& f) {
               try {
                 stored = co_await db_.run(persist_deadline, [&](pqxx::connection_base& c) {
                   pqxx::work pw(c);
-                  auto s =
-                      store::cas_write_token_set(pw, row.tenant_id, row.id, row.token_version, w);
-                  if (s) {
-                    store::notify_change(pw, change_key);
-                    store::append_event(pw, e);
-                    store::close_attempt(pw, attempt_id, "done");
-                    pw.commit();
-                  }
-                  return s;
+                  return write(pw);
                 });
                 if (!stored) {
                   lost_cas = true;  // someone else wrote a newer version: theirs stands
