@@ -8,6 +8,7 @@
 #include <regex>
 #include <set>
 #include <thread>
+#include <type_traits>
 
 extern char** environ;
 
@@ -153,55 +154,48 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
     c.log_format = *f;
   }
 
-  long long n = std::max(1u, std::thread::hardware_concurrency());
-  if (auto e = positive("TOKEND_THREADS", 1, 256, n)) return {std::nullopt, e};
-  c.threads = static_cast<unsigned>(n);
-  n = c.db_pool_size;
-  if (auto e = positive("TOKEND_DB_POOL_SIZE", 1, 1000, n)) return {std::nullopt, e};
-  c.db_pool_size = static_cast<unsigned>(n);
-  n = c.refresh_pool_size;
-  if (auto e = positive("TOKEND_REFRESH_POOL_SIZE", 1, 1000, n)) return {std::nullopt, e};
-  c.refresh_pool_size = static_cast<unsigned>(n);
-  n = c.request_timeout.count();
-  if (auto e = positive("TOKEND_REQUEST_TIMEOUT", 1, 600, n)) return {std::nullopt, e};
-  c.request_timeout = std::chrono::seconds(n);
-  n = c.force_refresh_min_interval.count();
-  if (auto e = positive("TOKEND_FORCE_REFRESH_MIN_INTERVAL", 0, 86400, n)) return {std::nullopt, e};
-  c.force_refresh_min_interval = std::chrono::seconds(n);
-  n = c.http_read_timeout.count();
-  if (auto e = positive("TOKEND_HTTP_READ_TIMEOUT_MS", 100, 600000, n)) return {std::nullopt, e};
-  c.http_read_timeout = std::chrono::milliseconds(n);
-  n = c.http_idle_timeout.count();
-  if (auto e = positive("TOKEND_HTTP_IDLE_TIMEOUT_MS", 100, 3600000, n)) return {std::nullopt, e};
-  c.http_idle_timeout = std::chrono::milliseconds(n);
-  n = c.db_statement_timeout.count();
-  if (auto e = positive("TOKEND_DB_STATEMENT_TIMEOUT_MS", 100, 600000, n)) {
-    return {std::nullopt, e};
+  // An integer setting stored in `field` (a count or a duration), keeping its default when the
+  // variable is unset.
+  auto integer = [&]<class T>(const char* k, long long lo, long long hi,
+                              T& field) -> std::optional<config_error> {
+    long long n = 0;
+    if constexpr (std::is_arithmetic_v<T>) {
+      n = static_cast<long long>(field);
+    } else {
+      n = field.count();
+    }
+    if (auto e = positive(k, lo, hi, n)) return e;
+    field = T(n);
+    return std::nullopt;
+  };
+  auto on_off = [&](const char* k, bool& field) -> std::optional<config_error> {
+    auto v = get(k);
+    if (!v) return std::nullopt;
+    if (*v != "on" && *v != "off") return config_error{k, "must be on or off"};
+    field = *v == "on";
+    return std::nullopt;
+  };
+
+  c.threads = std::max(1u, std::thread::hardware_concurrency());
+  for (auto e :
+       {integer("TOKEND_THREADS", 1, 256, c.threads),
+        integer("TOKEND_DB_POOL_SIZE", 1, 1000, c.db_pool_size),
+        integer("TOKEND_REFRESH_POOL_SIZE", 1, 1000, c.refresh_pool_size),
+        integer("TOKEND_REQUEST_TIMEOUT", 1, 600, c.request_timeout),
+        integer("TOKEND_FORCE_REFRESH_MIN_INTERVAL", 0, 86400, c.force_refresh_min_interval),
+        integer("TOKEND_HTTP_READ_TIMEOUT_MS", 100, 600000, c.http_read_timeout),
+        integer("TOKEND_HTTP_IDLE_TIMEOUT_MS", 100, 3600000, c.http_idle_timeout),
+        integer("TOKEND_DB_STATEMENT_TIMEOUT_MS", 100, 600000, c.db_statement_timeout),
+        integer("TOKEND_SHUTDOWN_GRACE", 0, 3600, c.shutdown_grace),
+        on_off("TOKEND_CACHE", c.cache),
+        integer("TOKEND_TOKEN_CACHE_SIZE", 0, 100000000, c.token_cache_size),
+        integer("TOKEND_PRINCIPAL_CACHE_SIZE", 0, 10000000, c.principal_cache_size),
+        integer("TOKEND_TEST_CACHE_INSERT_DELAY_MS", 0, 60000, c.test_cache_insert_delay),
+        on_off("TOKEND_SCHEDULER", c.scheduler)}) {
+    if (e) return {std::nullopt, *e};
   }
-  c.db_statement_timeout = std::chrono::milliseconds(n);
-  n = 0;
-  if (auto e = positive("TOKEND_SHUTDOWN_GRACE", 0, 3600, n)) return {std::nullopt, e};
-  c.shutdown_grace = std::chrono::seconds(n);
   if (c.shutdown_grace.count() == 0) c.shutdown_grace = c.request_timeout + std::chrono::seconds(5);
 
-  if (auto v = get("TOKEND_CACHE")) {
-    if (*v != "on" && *v != "off") return fail("TOKEND_CACHE", "must be on or off");
-    c.cache = *v == "on";
-  }
-  n = c.token_cache_size;
-  if (auto e = positive("TOKEND_TOKEN_CACHE_SIZE", 0, 100000000, n)) return {std::nullopt, e};
-  c.token_cache_size = static_cast<unsigned>(n);
-  n = c.principal_cache_size;
-  if (auto e = positive("TOKEND_PRINCIPAL_CACHE_SIZE", 0, 10000000, n)) return {std::nullopt, e};
-  c.principal_cache_size = static_cast<unsigned>(n);
-  n = 0;
-  if (auto e = positive("TOKEND_TEST_CACHE_INSERT_DELAY_MS", 0, 60000, n)) return {std::nullopt, e};
-  c.test_cache_insert_delay = std::chrono::milliseconds(n);
-
-  if (auto v = get("TOKEND_SCHEDULER")) {
-    if (*v != "on" && *v != "off") return fail("TOKEND_SCHEDULER", "must be on or off");
-    c.scheduler = *v == "on";
-  }
   if (auto v = get("TOKEND_ALLOW_INSECURE_PROVIDER_URLS"); v && !v->empty()) {
     if (*v != "1" && *v != "0")
       return fail("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "must be 1 or unset");

@@ -20,6 +20,29 @@ pqxx::result exec(tx_t& tx, const std::string& sql, Args&&... args) {
   return tx.exec_params(sql, std::forward<Args>(args)...);
 }
 
+// Every row mapped with `to` (a row mapper such as to_connection).
+template <class To>
+auto all_rows(const pqxx::result& r, To to) {
+  std::vector<decltype(to(r[0]))> out;
+  out.reserve(r.size());
+  for (const auto& row : r) out.push_back(to(row));
+  return out;
+}
+
+// The first row mapped with `to`, or nullopt when there is none.
+template <class To>
+auto first_row(const pqxx::result& r, To to) -> std::optional<decltype(to(r[0]))> {
+  if (r.empty()) return std::nullopt;
+  return to(r[0]);
+}
+
+// The next value of `table`'s row_id sequence (row ids are bound into ciphertexts' AAD, so they
+// are taken before the row is written).
+long long next_row_id(tx_t& tx, const std::string& table) {
+  return exec(tx, "SELECT nextval(pg_get_serial_sequence($1, 'row_id'))", table)[0][0]
+      .as<long long>();
+}
+
 std::optional<long long> opt_us(const std::optional<sys_time>& t) {
   if (!t) return std::nullopt;
   return to_micros(*t);
@@ -203,14 +226,11 @@ api_key_record insert_api_key(tx_t& tx, const api_key_record& k) {
 }
 
 std::vector<api_key_record> list_api_keys(tx_t& tx, const std::string& tenant) {
-  std::vector<api_key_record> out;
-  for (const auto& row :
-       exec(tx,
-            "SELECT " + kKeyColumns + " FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
-            tenant)) {
-    out.push_back(to_key(row));
-  }
-  return out;
+  return all_rows(
+      exec(tx,
+           "SELECT " + kKeyColumns + " FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+           tenant),
+      to_key);
 }
 
 std::optional<std::string> revoke_api_key(tx_t& tx, const std::string& tenant,
@@ -226,8 +246,7 @@ std::optional<std::string> revoke_api_key(tx_t& tx, const std::string& tenant,
 std::optional<api_key_record> find_api_key_by_hash(tx_t& tx, const std::string& key_hash) {
   auto r = exec(tx, "SELECT " + kKeyColumns + " FROM api_keys WHERE key_hash = $1",
                 pqxx::binarystring(key_hash));
-  if (r.empty()) return std::nullopt;
-  return to_key(r[0]);
+  return first_row(r, to_key);
 }
 
 void record_key_uses(tx_t& tx, const std::vector<key_use>& uses) {
@@ -245,24 +264,17 @@ std::optional<provider_record> get_provider(tx_t& tx, const std::string& tenant,
                 "SELECT " + kProviderColumns + " FROM providers WHERE tenant_id = $1 AND id = $2" +
                     (for_update ? " FOR UPDATE" : ""),
                 tenant, id);
-  if (r.empty()) return std::nullopt;
-  return to_provider(r[0]);
+  return first_row(r, to_provider);
 }
 
 std::vector<provider_record> list_providers(tx_t& tx, const std::string& tenant) {
-  std::vector<provider_record> out;
-  for (const auto& row :
-       exec(tx, "SELECT " + kProviderColumns + " FROM providers WHERE tenant_id = $1 ORDER BY id",
-            tenant)) {
-    out.push_back(to_provider(row));
-  }
-  return out;
+  return all_rows(
+      exec(tx, "SELECT " + kProviderColumns + " FROM providers WHERE tenant_id = $1 ORDER BY id",
+           tenant),
+      to_provider);
 }
 
-long long next_provider_row_id(tx_t& tx) {
-  return exec(tx, "SELECT nextval(pg_get_serial_sequence('providers', 'row_id'))")[0][0]
-      .as<long long>();
-}
+long long next_provider_row_id(tx_t& tx) { return next_row_id(tx, "providers"); }
 
 provider_record upsert_provider(tx_t& tx, const provider_record& p) {
   auto r = exec(
@@ -307,29 +319,22 @@ std::optional<connection_record> get_connection(tx_t& tx, const std::string& ten
            "SELECT " + kConnectionColumns + " FROM connections WHERE tenant_id = $1 AND id = $2" +
                (for_update ? " FOR UPDATE" : ""),
            tenant, id);
-  if (r.empty()) return std::nullopt;
-  return to_connection(r[0]);
+  return first_row(r, to_connection);
 }
 
 std::vector<connection_record> list_connections(tx_t& tx, const std::string& tenant,
                                                 const connection_filter& f) {
-  std::vector<connection_record> out;
-  for (const auto& row :
-       exec(tx,
-            "SELECT " + kConnectionColumns +
-                " FROM connections WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) "
-                "AND ($3::text IS NULL OR provider_id = $3) AND ($4::text IS NULL OR id > $4) "
-                "ORDER BY id LIMIT $5",
-            tenant, f.status, f.provider, f.after_id, f.limit)) {
-    out.push_back(to_connection(row));
-  }
-  return out;
+  return all_rows(
+      exec(tx,
+           "SELECT " + kConnectionColumns +
+               " FROM connections WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) "
+               "AND ($3::text IS NULL OR provider_id = $3) AND ($4::text IS NULL OR id > $4) "
+               "ORDER BY id LIMIT $5",
+           tenant, f.status, f.provider, f.after_id, f.limit),
+      to_connection);
 }
 
-long long next_connection_row_id(tx_t& tx) {
-  return exec(tx, "SELECT nextval(pg_get_serial_sequence('connections', 'row_id'))")[0][0]
-      .as<long long>();
-}
+long long next_connection_row_id(tx_t& tx) { return next_row_id(tx, "connections"); }
 
 connection_record insert_connection(tx_t& tx, const connection_record& c) {
   auto r = exec(
@@ -363,8 +368,7 @@ std::optional<connection_record> replace_connection(tx_t& tx, const connection_r
                 c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
                 c.metadata, to_micros(c.access_expires_at), c.access_lifetime,
                 opt_us(c.refresh_expires_at), expected_version);
-  if (r.empty()) return std::nullopt;
-  return to_connection(r[0]);
+  return first_row(r, to_connection);
 }
 
 bool delete_connection(tx_t& tx, const std::string& tenant, const std::string& id) {
@@ -393,8 +397,7 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                 w.sealed.access_token_fp, w.sealed.refresh_token_fp, w.token_type, w.scope,
                 to_micros(w.access_expires_at), w.access_lifetime, opt_us(w.refresh_expires_at),
                 to_micros(w.refreshed_at));
-  if (r.empty()) return std::nullopt;
-  return to_connection(r[0]);
+  return first_row(r, to_connection);
 }
 
 bool cas_reseal_connection(tx_t& tx, const connection_record& c, const sealed_tokens& s) {
@@ -419,29 +422,22 @@ bool cas_reseal_provider(tx_t& tx, const provider_record& p, const std::string& 
 std::vector<connection_record> lock_connections_to_rotate(tx_t& tx, const std::string& active_kid,
                                                           const std::vector<long long>& skip,
                                                           int limit) {
-  std::vector<connection_record> out;
-  for (const auto& row :
-       exec(tx,
-            "SELECT " + kConnectionColumns + " FROM connections WHERE key_id <> $1 AND " +
-                in_skip_list(2) + " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-            active_kid, pg_bigint_array(skip), limit)) {
-    out.push_back(to_connection(row));
-  }
-  return out;
+  return all_rows(
+      exec(tx,
+           "SELECT " + kConnectionColumns + " FROM connections WHERE key_id <> $1 AND " +
+               in_skip_list(2) + " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+           active_kid, pg_bigint_array(skip), limit),
+      to_connection);
 }
 
 std::vector<provider_record> lock_providers_to_rotate(tx_t& tx, const std::string& active_kid,
                                                       const std::vector<long long>& skip,
                                                       int limit) {
-  std::vector<provider_record> out;
-  for (const auto& row :
-       exec(tx,
-            "SELECT " + kProviderColumns + " FROM providers WHERE key_id <> $1 AND " +
-                in_skip_list(2) + " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-            active_kid, pg_bigint_array(skip), limit)) {
-    out.push_back(to_provider(row));
-  }
-  return out;
+  return all_rows(exec(tx,
+                       "SELECT " + kProviderColumns + " FROM providers WHERE key_id <> $1 AND " +
+                           in_skip_list(2) + " ORDER BY row_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                       active_kid, pg_bigint_array(skip), limit),
+                  to_provider);
 }
 
 long long count_connections_to_rotate(tx_t& tx, const std::string& active_kid,
@@ -528,15 +524,12 @@ event_record append_event(tx_t& tx, const event_record& e) {
 
 std::vector<event_record> list_events(tx_t& tx, const std::string& tenant, long long row_id,
                                       int limit) {
-  std::vector<event_record> out;
-  for (const auto& row : exec(tx,
-                              "SELECT " + kEventColumns +
-                                  " FROM connection_events WHERE tenant_id = $1 AND "
-                                  "connection_row_id = $2 ORDER BY id DESC LIMIT $3",
-                              tenant, row_id, limit)) {
-    out.push_back(to_event(row));
-  }
-  return out;
+  return all_rows(exec(tx,
+                       "SELECT " + kEventColumns +
+                           " FROM connection_events WHERE tenant_id = $1 AND "
+                           "connection_row_id = $2 ORDER BY id DESC LIMIT $3",
+                       tenant, row_id, limit),
+                  to_event);
 }
 
 }  // namespace tokend::store
