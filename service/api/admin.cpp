@@ -106,11 +106,10 @@ asio::awaitable<http::response> revoke_key(context& ctx, http::request& req) {
 }  // namespace
 
 void register_admin(http::router& r, context& ctx) {
-  auto bind = [&ctx](auto fn) { return [&ctx, fn](http::request& req) { return fn(ctx, req); }; };
-  r.add("POST", "/v1/tenants", bind(create_tenant));
-  r.add("POST", "/v1/tenants/{tenant}/api-keys", bind(create_key));
-  r.add("GET", "/v1/tenants/{tenant}/api-keys", bind(list_keys));
-  r.add("DELETE", "/v1/tenants/{tenant}/api-keys/{id}", bind(revoke_key));
+  r.add("POST", "/v1/tenants", with_context(ctx, create_tenant));
+  r.add("POST", "/v1/tenants/{tenant}/api-keys", with_context(ctx, create_key));
+  r.add("GET", "/v1/tenants/{tenant}/api-keys", with_context(ctx, list_keys));
+  r.add("DELETE", "/v1/tenants/{tenant}/api-keys/{id}", with_context(ctx, revoke_key));
 }
 
 }  // namespace tokend::api

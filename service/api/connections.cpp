@@ -199,12 +199,11 @@ asio::awaitable<http::response> list_events(context& ctx, http::request& req) {
 }  // namespace
 
 void register_connections(http::router& r, context& ctx) {
-  auto bind = [&ctx](auto fn) { return [&ctx, fn](http::request& req) { return fn(ctx, req); }; };
-  r.add("PUT", "/v1/connections/{connection}", bind(put_connection));
-  r.add("GET", "/v1/connections/{connection}", bind(get_connection));
-  r.add("DELETE", "/v1/connections/{connection}", bind(delete_connection));
-  r.add("GET", "/v1/connections", bind(list_connections));
-  r.add("GET", "/v1/connections/{connection}/events", bind(list_events));
+  r.add("PUT", "/v1/connections/{connection}", with_context(ctx, put_connection));
+  r.add("GET", "/v1/connections/{connection}", with_context(ctx, get_connection));
+  r.add("DELETE", "/v1/connections/{connection}", with_context(ctx, delete_connection));
+  r.add("GET", "/v1/connections", with_context(ctx, list_connections));
+  r.add("GET", "/v1/connections/{connection}/events", with_context(ctx, list_events));
 }
 
 }  // namespace tokend::api

@@ -135,10 +135,9 @@ asio::awaitable<http::response> list_providers(context& ctx, http::request& req)
 }  // namespace
 
 void register_providers(http::router& r, context& ctx) {
-  auto bind = [&ctx](auto fn) { return [&ctx, fn](http::request& req) { return fn(ctx, req); }; };
-  r.add("PUT", "/v1/providers/{provider}", bind(put_provider));
-  r.add("GET", "/v1/providers/{provider}", bind(get_provider));
-  r.add("GET", "/v1/providers", bind(list_providers));
+  r.add("PUT", "/v1/providers/{provider}", with_context(ctx, put_provider));
+  r.add("GET", "/v1/providers/{provider}", with_context(ctx, get_provider));
+  r.add("GET", "/v1/providers", with_context(ctx, list_providers));
 }
 
 }  // namespace tokend::api

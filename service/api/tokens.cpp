@@ -60,10 +60,8 @@ asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
 }  // namespace
 
 void register_tokens(http::router& r, context& ctx) {
-  r.add("GET", "/v1/tokens/{connection}",
-        [&ctx](http::request& req) { return get_token(ctx, req); });
-  r.add("POST", "/v1/tokens/{connection}/refresh",
-        [&ctx](http::request& req) { return post_refresh(ctx, req); });
+  r.add("GET", "/v1/tokens/{connection}", with_context(ctx, get_token));
+  r.add("POST", "/v1/tokens/{connection}/refresh", with_context(ctx, post_refresh));
 }
 
 }  // namespace tokend::api

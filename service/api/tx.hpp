@@ -41,4 +41,10 @@ inline http::response json_reply(int status, const nlohmann::json& j) {
   return http::json_response(status, j.dump());
 }
 
+// A router handler that calls `fn(ctx, req)`: how each resource file registers its routes.
+template <class Fn>
+auto with_context(context& ctx, Fn fn) {
+  return [&ctx, fn](http::request& req) { return fn(ctx, req); };
+}
+
 }  // namespace tokend::api
