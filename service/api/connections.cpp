@@ -18,7 +18,7 @@ namespace asio = boost::asio;
 namespace tokend::api {
 namespace {
 
-constexpr std::size_t kMaxToken = 8192;
+constexpr std::size_t kMaxToken = kMaxTokenBytes;
 constexpr std::size_t kMaxMetadata = 16 * 1024;
 
 asio::awaitable<http::response> put_connection(context& ctx, http::request& req) {

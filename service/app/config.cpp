@@ -182,6 +182,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
         integer("TOKEND_DB_POOL_SIZE", 1, 1000, c.db_pool_size),
         integer("TOKEND_REFRESH_POOL_SIZE", 1, 1000, c.refresh_pool_size),
         integer("TOKEND_REQUEST_TIMEOUT", 1, 600, c.request_timeout),
+        integer("TOKEND_PROVIDER_ANSWER_TIMEOUT", 1, 3600, c.provider_answer_timeout),
         integer("TOKEND_FORCE_REFRESH_MIN_INTERVAL", 0, 86400, c.force_refresh_min_interval),
         integer("TOKEND_HTTP_READ_TIMEOUT_MS", 100, 600000, c.http_read_timeout),
         integer("TOKEND_HTTP_IDLE_TIMEOUT_MS", 100, 3600000, c.http_idle_timeout),
@@ -194,7 +195,11 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
         on_off("TOKEND_SCHEDULER", c.scheduler)}) {
     if (e) return {std::nullopt, *e};
   }
-  if (c.shutdown_grace.count() == 0) c.shutdown_grace = c.request_timeout + std::chrono::seconds(5);
+  // A sent refresh is awaited up to the answer timeout and then persisted: shutdown waits for
+  // that by default, or the rotation it caused is lost with the process.
+  if (c.shutdown_grace.count() == 0) {
+    c.shutdown_grace = c.provider_answer_timeout + c.request_timeout + std::chrono::seconds(5);
+  }
 
   if (auto v = get("TOKEND_ALLOW_INSECURE_PROVIDER_URLS"); v && !v->empty()) {
     if (*v != "1" && *v != "0")

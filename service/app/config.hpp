@@ -31,6 +31,7 @@ struct config {
   unsigned db_pool_size = 8;
   unsigned refresh_pool_size = 16;
   std::chrono::seconds request_timeout{15};
+  std::chrono::seconds provider_answer_timeout{60};  // a sent refresh request's answer is awaited
   std::chrono::seconds force_refresh_min_interval{10};
   bool scheduler = true;
   bool allow_insecure_provider_urls = false;
@@ -38,7 +39,7 @@ struct config {
   std::chrono::milliseconds http_read_timeout{10000};  // whole header+body read of a request
   std::chrono::milliseconds http_idle_timeout{60000};  // keep-alive wait for the next request
   std::chrono::milliseconds db_statement_timeout{5000};
-  std::chrono::seconds shutdown_grace{0};  // 0: request_timeout + 5 s
+  std::chrono::seconds shutdown_grace{0};  // 0: answer timeout + request timeout + 5 s
   bool cache = true;
   unsigned token_cache_size = 100000;
   unsigned principal_cache_size = 10000;

@@ -49,15 +49,22 @@ http::completion_hook access_log(observability::metrics& m) {
 
 int serve(const config& c) {
   observability::metrics metrics;
+  // Sessions are named "tokend-<pool>/<instance id>" (PostgreSQL keeps 63 bytes of it).
+  const auto app_name = [&](const std::string& pool) { return "tokend-" + pool + "/" + c.instance_id; };
   store::db_pool db({.name = "short",
                      .conninfo = c.database_url,
                      .size = c.db_pool_size,
                      .statement_timeout = c.db_statement_timeout,
-                     .idle_in_transaction_timeout = c.db_statement_timeout * 2},
+                     .idle_in_transaction_timeout = c.db_statement_timeout * 2,
+                     .application_name = app_name("short")},
                     &metrics);
   // Refresh transactions hold their lease across a provider call and set their own timeouts.
   store::db_pool refresh_db(
-      {.name = "refresh", .conninfo = c.database_url, .size = c.refresh_pool_size}, &metrics);
+      {.name = "refresh",
+       .conninfo = c.database_url,
+       .size = c.refresh_pool_size,
+       .application_name = app_name("refresh")},
+      &metrics);
 
   asio::io_context ioc(static_cast<int>(c.threads));
   http::server_options opts{.read_timeout = c.http_read_timeout,
@@ -78,7 +85,7 @@ int serve(const config& c) {
                        &metrics);
   // Caches are used only while the listener is up; a (re)connect flushes them.
   store::change_listener listener(
-      c.database_url, [&](const std::string& payload) { caches.invalidate(payload); },
+      store::with_connection_params(c.database_url, app_name("listener"), std::chrono::seconds(5)), [&](const std::string& payload) { caches.invalidate(payload); },
       [&](bool up) {
         if (!up) caches.state().set_up(false);
         caches.flush();
@@ -91,6 +98,7 @@ int serve(const config& c) {
                          {.instance_id = c.instance_id,
                           .environment = c.environment,
                           .request_timeout = c.request_timeout,
+                          .answer_timeout = c.provider_answer_timeout,
                           .force_refresh_min_interval = c.force_refresh_min_interval},
                          db, refresh_db, keys, outbound, metrics, clock, caches);
   api::context ctx{api_settings, db, keys, usage, clock, engine, caches};

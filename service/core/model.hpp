@@ -9,6 +9,12 @@
 
 namespace tokend {
 
+// The largest access or refresh token accepted, from a provider or on import: any token that
+// fits in a request or response body (64 KiB). A cap below that would drop a long rotated
+// refresh token and keep the dead one.
+inline constexpr std::size_t kMaxTokenBytes = 64 * 1024;
+
+
 struct tenant_record {
   std::string id;
   std::string name;

@@ -24,7 +24,7 @@ std::optional<std::string> nonempty_string(const nlohmann::json& j, const char* 
   auto it = j.find(name);
   if (it == j.end() || !it->is_string()) return std::nullopt;
   auto s = it->get<std::string>();
-  if (s.empty() || s.size() > 8192) return std::nullopt;
+  if (s.empty() || s.size() > kMaxTokenBytes) return std::nullopt;
   return s;
 }
 

@@ -296,6 +296,9 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         auto rid = req.header("X-Request-Id");
         req.request_id = rid && valid_request_id(*rid) ? std::string(*rid) : new_request_id();
 
+        // While the handler runs the watchdog waits for the request's own deadline (a refresh
+        // may take all of it), plus the time to write the answer.
+        st->deadline = req.deadline + opts.write_timeout;
         response res = co_await routes.dispatch(req);
         const bool keep = msg.keep_alive() && !stopping;
         try {

@@ -121,7 +121,8 @@ namespace {
 template <class Stream>
 asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
                                bhttp::request<bhttp::string_body>& req, http_result& out,
-                               const client_options& o, steady::time_point deadline) {
+                               const client_options& o, steady::time_point deadline,
+                               const answer_wait& answer) {
   boost::system::error_code ec;
   tcp_layer.expires_after(until(deadline, o.call_timeout));
   co_await bhttp::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
@@ -133,7 +134,11 @@ asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::string_body> parser;
   parser.body_limit(o.body_limit);
-  tcp_layer.expires_after(until(deadline, o.call_timeout));
+  if (answer.timeout.count() > 0) {
+    tcp_layer.expires_at(std::min(steady::now() + answer.timeout, answer.cap));
+  } else {
+    tcp_layer.expires_after(until(deadline, o.call_timeout));
+  }
   co_await bhttp::async_read_header(stream, buffer, parser,
                                     asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
@@ -160,7 +165,7 @@ asio::awaitable<void> exchange(Stream& stream, beast::tcp_stream& tcp_layer,
 asio::awaitable<http_result> http_client::request(
     std::string method, const std::string& url,
     const std::vector<std::pair<std::string, std::string>>& headers, std::string body,
-    steady::time_point deadline) {
+    steady::time_point deadline, answer_wait answer) {
   http_result out;
   auto u = boost::urls::parse_absolute_uri(url);
   if (!u || (u->scheme() != "https" && u->scheme() != "http") || u->host().empty()) {
@@ -201,9 +206,9 @@ asio::awaitable<http_result> http_client::request(
   };
   auto run_exchange = [&](connection& c) -> asio::awaitable<void> {
     if (c.plain) {
-      co_await exchange(*c.plain, *c.plain, req, out, opts_, deadline);
+      co_await exchange(*c.plain, *c.plain, req, out, opts_, deadline, answer);
     } else {
-      co_await exchange(*c.tls, c.lowest(), req, out, opts_, deadline);
+      co_await exchange(*c.tls, c.lowest(), req, out, opts_, deadline, answer);
     }
   };
 

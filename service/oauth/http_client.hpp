@@ -42,6 +42,14 @@ struct http_result {
   bool reused = false;      // sent on a pooled connection
 };
 
+// How long the answer to a request that was written completely is awaited. A sent refresh
+// request may have rotated the refresh token: its answer is worth waiting for well past the
+// callers' deadline. Zero timeout: the call timeout, bounded by the request's deadline.
+struct answer_wait {
+  std::chrono::milliseconds timeout{0};
+  std::chrono::steady_clock::time_point cap = std::chrono::steady_clock::time_point::max();
+};
+
 // Public unicast addresses only: no loopback, private, link-local, unique-local, unspecified,
 // multicast or reserved ranges (IPv4-mapped IPv6 checked as IPv4). Pure.
 bool is_public_address(const boost::asio::ip::address& a);
@@ -53,12 +61,13 @@ class http_client {
 
   // Sends one request, on an idle pooled connection to the same scheme://host:port when one is
   // available, else on a new one. Never throws for network failures: they are reported in
-  // http_result. `deadline` bounds the whole call on top of the per-phase timeouts.
+  // http_result. `deadline` bounds resolve, connect, TLS and send on top of their per-phase
+  // timeouts; once sent, the answer is read until `answer` says (by default also `deadline`).
   // Thread-safe.
   boost::asio::awaitable<http_result> request(
       std::string method, const std::string& url,
       const std::vector<std::pair<std::string, std::string>>& headers, std::string body,
-      std::chrono::steady_clock::time_point deadline);
+      std::chrono::steady_clock::time_point deadline, answer_wait answer = {});
 
  private:
   struct impl;

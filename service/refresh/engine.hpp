@@ -1,8 +1,10 @@
 // The refresh engine: serves fresh tokens and refreshes each connection exactly once per need.
-// Single-flight in three layers: one flight per (tenant, connection) in this process that
-// callers await (never a blocking future); a PostgreSQL row lock (SELECT ... FOR UPDATE) held
-// across the provider call, so no instance calls the provider without it; and a
-// compare-and-swap on token_version for the write, committed right after the provider answers.
+// Single-flight in four layers: one flight per (tenant, connection) in this process that callers
+// await (never a blocking future); a PostgreSQL row lock (SELECT ... FOR UPDATE) that queues
+// the instances; the fence, a committed attempt marker per (connection, token_version) that
+// keeps every other flight from calling the provider while a sent request may still be
+// answered, even when the lock holder's session died; and a compare-and-swap on token_version
+// (plus row identity and status) for the write. Internals: refresh/flight.hpp.
 #pragma once
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -41,12 +43,16 @@ struct engine_options {
   std::string instance_id;
   std::string environment = "development";
   std::chrono::seconds request_timeout{15};
+  // How long the answer to a sent refresh request is awaited, even after the callers were
+  // answered at their deadline (abandoning it would lose the rotation it may have caused).
+  std::chrono::seconds answer_timeout{60};
   std::chrono::seconds force_refresh_min_interval{10};
   std::size_t provider_concurrency = 16;  // concurrent refreshes per provider in this process
   std::chrono::seconds config_error_cooldown{30};
   std::chrono::milliseconds backoff_base{200};
   std::chrono::milliseconds backoff_cap{2000};
   std::chrono::seconds failure_backoff{2};  // no provider call for this long after a failed flight
+  std::chrono::milliseconds fence_poll{200};  // how often a fenced flight re-reads the marker
   int max_attempts = 3;
 };
 
@@ -62,11 +68,17 @@ struct token_answer {
   bool deferred = false;  // a needed refresh failed transiently; the still-valid token is served
 };
 
+namespace detail {
+struct engine_deps;
+struct flight;
+}  // namespace detail
+
 class engine {
  public:
   engine(boost::asio::any_io_executor ex, engine_options opts, store::db_pool& db,
          store::db_pool& refresh_db, const crypto::keyring& keys, oauth::http_client& http,
          observability::metrics& metrics, const wall_clock& clock, cache::caches& caches);
+  // Logs (error level) every rotated token set whose write is still pending.
   ~engine();
 
   // GET /v1/tokens/{id}: the stored token when fresh for min_ttl, else refreshed first.
@@ -77,36 +89,24 @@ class engine {
   boost::asio::awaitable<token_answer> refresh(const caller& who, const std::string& id,
                                                std::optional<long long> if_token_version);
 
-  // Flights in progress (graceful shutdown waits for zero).
+  // Flights in progress, including those past their callers' deadline that still await a
+  // provider answer or retry a write (graceful shutdown waits for zero).
   std::size_t in_flight() const;
 
  private:
-  struct flight;
-  struct flight_result;
-  enum class trigger { on_demand, forced, conditional };
+  using flight_key = std::pair<std::string, std::string>;  // (tenant, connection)
 
   boost::asio::awaitable<token_answer> join_or_start(const caller& who,
-                                                     const connection_record& seen, trigger t);
-  boost::asio::awaitable<void> run_flight(std::shared_ptr<flight> f);
-  boost::asio::awaitable<flight_result> fly(flight& f);
+                                                     const connection_record& seen, int trigger);
+  boost::asio::awaitable<void> run_flight(std::shared_ptr<detail::flight> f);
   boost::asio::awaitable<connection_record> load(const caller& who, const std::string& id);
-  boost::asio::awaitable<std::string> open_or_fail(const caller& who, const connection_record& c,
-                                                   std::string_view trigger_name);
-  async::semaphore& provider_slots(const std::string& tenant, const std::string& provider);
+  // Throws 503 `unavailable` while a rotated token set of this connection awaits its write here.
+  void refuse_while_pending(const std::string& tenant, const std::string& id) const;
 
-  boost::asio::any_io_executor ex_;
-  engine_options opts_;
-  store::db_pool& db_;
-  store::db_pool& refresh_db_;
-  const crypto::keyring& keys_;
-  oauth::http_client& http_;
-  observability::metrics& metrics_;
-  const wall_clock& clock_;
-  cache::caches& caches_;
+  std::unique_ptr<detail::engine_deps> d_;
 
-  mutable std::mutex mu_;  // guards flights_ and slots_
-  std::map<std::pair<std::string, std::string>, std::shared_ptr<flight>> flights_;
-  std::map<std::pair<std::string, std::string>, std::unique_ptr<async::semaphore>> slots_;
+  mutable std::mutex mu_;  // guards flights_
+  std::map<flight_key, std::shared_ptr<detail::flight>> flights_;
 };
 
 }  // namespace tokend::refresh

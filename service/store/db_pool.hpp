@@ -33,6 +33,9 @@ struct pool_options {
   std::chrono::milliseconds statement_timeout{0};            // 0: server default
   std::chrono::milliseconds idle_in_transaction_timeout{0};  // 0: server default
   std::chrono::seconds connect_timeout{5};
+  // application_name of its sessions (default "tokend-<name>"); serve adds the instance id so
+  // an operator can tell instances apart in pg_stat_activity.
+  std::string application_name = {};
 };
 
 // Adds libpq parameters (connect_timeout, TCP keepalives, application_name) to a conninfo

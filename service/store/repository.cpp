@@ -379,6 +379,7 @@ bool delete_connection(tx_t& tx, const std::string& tenant, const std::string& i
 
 std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string& tenant,
                                                      const std::string& id,
+                                                     long long expected_row_id,
                                                      long long expected_version,
                                                      const token_write& w) {
   auto r = exec(tx,
@@ -390,13 +391,13 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                     ", last_refreshed_at = " + ts_param(14) +
                     ", consecutive_failures = 0, next_attempt_at = NULL, last_error = NULL, "
                     "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND token_version = $3 "
-                    "RETURNING " +
+                    "AND row_id = $15 AND status = 'active' RETURNING " +
                     kConnectionColumns,
                 tenant, id, expected_version, w.sealed.key_id,
                 pqxx::binarystring(w.sealed.access_token_ct), bytes(w.sealed.refresh_token_ct),
                 w.sealed.access_token_fp, w.sealed.refresh_token_fp, w.token_type, w.scope,
                 to_micros(w.access_expires_at), w.access_lifetime, opt_us(w.refresh_expires_at),
-                to_micros(w.refreshed_at));
+                to_micros(w.refreshed_at), expected_row_id);
   return first_row(r, to_connection);
 }
 
@@ -455,14 +456,16 @@ rotation_counts count_not_under(tx_t& tx, const std::string& active_kid) {
   return {r[0][0].as<long long>(), r[0][1].as<long long>()};
 }
 
-void mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
+bool mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
+                       long long expected_row_id, long long expected_version,
                        const std::string& reason, const std::string& last_error_json) {
-  exec(
-      tx,
-      "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, last_error = $4::jsonb, "
-      "consecutive_failures = consecutive_failures + 1, updated_at = now() "
-      "WHERE tenant_id = $1 AND id = $2",
-      tenant, id, reason, last_error_json);
+  return !exec(tx,
+               "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, "
+               "last_error = $4::jsonb, consecutive_failures = consecutive_failures + 1, "
+               "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND row_id = $5 "
+               "AND token_version = $6 AND status = 'active' RETURNING 1",
+               tenant, id, reason, last_error_json, expected_row_id, expected_version)
+              .empty();
 }
 
 void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
@@ -483,19 +486,51 @@ void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::str
        tenant, id, to_micros(at));
 }
 
+std::optional<policy::open_marker> find_open_attempt(tx_t& tx, long long connection_row_id,
+                                                     long long token_version) {
+  auto r = exec(tx,
+                "SELECT id, expires_at <= now() FROM refresh_attempts WHERE connection_row_id = $1 "
+                "AND token_version = $2 AND state = 'open'",
+                connection_row_id, token_version);
+  if (r.empty()) return std::nullopt;
+  return policy::open_marker{r[0][0].as<long long>(), r[0][1].as<bool>()};
+}
+
 long long open_attempt(tx_t& tx, const std::string& tenant, long long connection_row_id,
                        long long token_version, const std::string& instance,
-                       const std::string& request_id) {
+                       const std::string& request_id, long long window_s) {
+  // An expired marker's request can no longer be answered: whatever it did is in doubt.
+  exec(tx,
+       "UPDATE refresh_attempts SET state = 'in_doubt', closed_at = now() "
+       "WHERE connection_row_id = $1 AND token_version = $2 AND state = 'open' "
+       "AND expires_at <= now()",
+       connection_row_id, token_version);
   return exec(tx,
               "INSERT INTO refresh_attempts (tenant_id, connection_row_id, token_version, "
-              "instance, request_id) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-              tenant, connection_row_id, token_version, instance, request_id)[0][0]
+              "instance, request_id, attempt, expires_at) VALUES ($1, $2, $3, $4, $5, 1, "
+              "now() + $6 * interval '1 second') RETURNING id",
+              tenant, connection_row_id, token_version, instance, request_id, window_s)[0][0]
       .as<long long>();
+}
+
+bool renew_attempt(tx_t& tx, long long attempt_id, int attempt, long long window_s) {
+  return !exec(tx,
+               "UPDATE refresh_attempts SET attempt = $2, expires_at = now() + $3 * interval "
+               "'1 second' WHERE id = $1 AND state = 'open' AND expires_at > now() RETURNING 1",
+               attempt_id, attempt, window_s)
+              .empty();
 }
 
 void close_attempt(tx_t& tx, long long attempt_id, const std::string& state) {
   exec(tx, "UPDATE refresh_attempts SET state = $2, closed_at = now() WHERE id = $1", attempt_id,
        state);
+}
+
+bool attempt_settled(tx_t& tx, long long attempt_id) {
+  auto r = exec(tx,
+                "SELECT state <> 'open' OR expires_at <= now() FROM refresh_attempts WHERE id = $1",
+                attempt_id);
+  return r.empty() || r[0][0].as<bool>();
 }
 
 bool has_unresolved_attempt(tx_t& tx, long long connection_row_id, long long token_version,

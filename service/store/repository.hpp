@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/flight_policy.hpp"
 #include "core/model.hpp"
 
 namespace pqxx {
@@ -75,8 +76,10 @@ struct token_write {
   std::optional<sys_time> refresh_expires_at;
   sys_time refreshed_at;
 };
+// The swap also requires the row identity (not deleted and re-created) and status `active`.
 std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string& tenant,
                                                      const std::string& id,
+                                                     long long expected_row_id,
                                                      long long expected_version,
                                                      const token_write& w);
 
@@ -99,7 +102,9 @@ struct rotation_counts {
 rotation_counts count_not_under(tx_t& tx, const std::string& active_kid);
 
 // Refresh bookkeeping on the connection row.
-void mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
+// Only while the row is still (row_id, version) and active; false when it changed.
+bool mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
+                       long long expected_row_id, long long expected_version,
                        const std::string& reason, const std::string& last_error_json);
 // consecutive_failures + 1, last_error, and when the next provider call may be made.
 void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
@@ -108,11 +113,21 @@ void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::stri
 void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::string& id,
                              sys_time at);
 
-// Attempt markers (see migrations/0003).
+// Attempt markers, the fence (see migrations/0003 and 0004). At most one is open per
+// (connection, token_version); its expiry is on the database clock.
+// The open marker at (connection, version), if any, with whether it has expired.
+std::optional<policy::open_marker> find_open_attempt(tx_t& tx, long long connection_row_id,
+                                                     long long token_version);
+// Sets an expired open marker at (connection, version) in_doubt and opens a new one (attempt 1)
+// expiring `window_s` from now. Throws pqxx::unique_violation when another one is open.
 long long open_attempt(tx_t& tx, const std::string& tenant, long long connection_row_id,
                        long long token_version, const std::string& instance,
-                       const std::string& request_id);
+                       const std::string& request_id, long long window_s);
+// attempt + 1 and a fresh expiry, only while the marker is still open; false otherwise.
+bool renew_attempt(tx_t& tx, long long attempt_id, int attempt, long long window_s);
 void close_attempt(tx_t& tx, long long attempt_id, const std::string& state);
+// True when the marker is no longer open, or has expired.
+bool attempt_settled(tx_t& tx, long long attempt_id);
 // True when an attempt other than `except_id` at this version was left open or in doubt.
 bool has_unresolved_attempt(tx_t& tx, long long connection_row_id, long long token_version,
                             long long except_id);

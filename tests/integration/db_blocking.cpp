@@ -17,7 +17,7 @@ int waiting_backends(const std::string& url) {
   pqxx::nontransaction tx(c);
   return tx
       .exec1(
-          "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokend-short' "
+          "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tokend-short%' "
           "AND wait_event_type = 'Lock' AND datname = current_database()")[0]
       .as<int>();
 }

@@ -45,7 +45,7 @@ int locked_waiters(const std::string& url) {
   return tx
       .exec1(
           "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-          "AND application_name = 'tokend-refresh' AND wait_event_type = 'Lock'")[0]
+          "AND application_name LIKE 'tokend-refresh%' AND wait_event_type = 'Lock'")[0]
       .as<int>();
 }
 

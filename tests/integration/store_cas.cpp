@@ -52,7 +52,7 @@ TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing 
                            3600,
                            std::nullopt,
                            test_now()};
-      auto out = store::cas_write_token_set(tx, "acme", "c1", version, w);
+      auto out = store::cas_write_token_set(tx, "acme", "c1", row_id, version, w);
       tx.commit();
       return out.has_value();
     };
