@@ -33,6 +33,7 @@ TEST_CASE("invalid configuration exits 2 naming the variable", "[config_errors]"
       {"TOKEND_THREADS", "two", "TOKEND_THREADS"},
       {"TOKEND_DB_POOL_SIZE", "-1", "TOKEND_DB_POOL_SIZE"},
       {"TOKEND_REQUEST_TIMEOUT", "1.5", "TOKEND_REQUEST_TIMEOUT"},
+      {"TOKEND_PROVIDER_ANSWER_TIMEOUT", "0", "TOKEND_PROVIDER_ANSWER_TIMEOUT"},
       {"TOKEND_LOG_LEVEL", "verbose", "TOKEND_LOG_LEVEL"},
       {"TOKEND_LOG_FORMAT", "xml", "TOKEND_LOG_FORMAT"},
       {"TOKEND_MASTER_KEYS", "k1:c2hvcnQ=", "TOKEND_MASTER_KEYS"},

@@ -51,12 +51,15 @@ int locked_waiters(const std::string& url) {
 
 }  // namespace
 
-TEST_CASE("SIGKILL of the lock holder while the provider stalls: another instance refreshes once",
+TEST_CASE("SIGKILL of the lock holder while its request is out: fenced until the answer window "
+          "ends, then one refresh",
           "[refresh_crash]") {
   node_peer fake("fake-token-endpoint.mjs");
   scratch_database db;
-  tokend_process a(db.url(), env({{"TOKEND_REQUEST_TIMEOUT", "20"}}));
-  tokend_process b(db.url(), env({{"TOKEND_REQUEST_TIMEOUT", "20"}}));
+  // The marker fences its version for answer timeout + request timeout = 3 + 6 s.
+  const auto timeouts = env({{"TOKEND_REQUEST_TIMEOUT", "6"}, {"TOKEND_PROVIDER_ANSWER_TIMEOUT", "3"}});
+  tokend_process a(db.url(), timeouts);
+  tokend_process b(db.url(), timeouts);
   auto key = setup(a, fake);
   // The first token request stalls before the endpoint reads it; later ones succeed.
   fake.control("POST", "/control/script", json{{"steps", {{{"stall_before_read_ms", 8000}}}}});
@@ -73,20 +76,39 @@ TEST_CASE("SIGKILL of the lock holder while the provider stalls: another instanc
   REQUIRE(eventually([&] { return locked_waiters(db.url()) == 1; }, 10s));  // B waits for A's lock
 
   a.process().signal(SIGKILL);
+  // B gets the lock, but A's sent request might still be answered: B makes no provider call and
+  // takes the fallback at its deadline (the imported token has expired: 503).
   auto rb = at_b.get();
-  CHECK(rb.status == 200);
-  CHECK(rb.json()["access_token"] == "fake-at-1");
-  CHECK(rb.json()["token_version"] == 2);
+  CHECK(rb.status == 503);
+  CHECK(rb.json()["code"] == "provider_unavailable");
   CHECK(at_a.get().status == 0);  // A died without answering
+  CHECK(fake.control("GET", "/control/requests")["processed"] == 0);
+  // Once A's marker has expired, B takes over: exactly one refresh is processed.
+  REQUIRE(eventually(
+      [&] {
+        pqxx::connection c(db.url());
+        pqxx::nontransaction tx(c);
+        return tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'open' AND "
+                        "expires_at <= now()")[0]
+                   .as<int>() == 1;
+      },
+      15s));
+  auto again = http_call(b.address(), "GET", "/v1/tokens/c1", "",
+                         {{"Authorization", "Bearer " + key}}, 25s);
+  INFO(again.body);
+  CHECK(again.status == 200);
+  CHECK(again.json()["access_token"] == "fake-at-1");
+  CHECK(again.json()["token_version"] == 2);
   auto reqs = fake.control("GET", "/control/requests");
   CHECK(reqs["processed"] == 1);  // the provider processed exactly one refresh
   CHECK(stored_refresh(db.url()) == std::optional<std::string>("fake-rt-1"));
-  // A's attempt marker stays open: a later invalid_grant at that version would read as a
-  // lost rotation; B's attempt is closed.
+  // A's expired marker was set in doubt when B opened its own (a later invalid_grant at that
+  // version would read as a lost rotation); B's attempt is closed.
   pqxx::connection c(db.url());
   pqxx::read_transaction tx(c);
-  CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'open'")[0].as<int>() == 1);
+  CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'in_doubt'")[0].as<int>() == 1);
   CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'done'")[0].as<int>() == 1);
+  CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'open'")[0].as<int>() == 0);
 }
 
 TEST_CASE("the database restarts between the provider's answer and the commit: nothing lost",

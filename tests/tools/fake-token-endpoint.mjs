@@ -27,6 +27,8 @@
 //                        full body, then only part of it (default: the first half, or for the
 //                        built-in body '{"access_token":"x","refr'), then destroy the socket
 //   never_answer         read+record, never respond; the socket stays open until the client leaves
+//   hold                 a name: after reading+recording (and delay_ms), hold the answer until
+//                        POST /control/release {"name"} (released names stay released until reset)
 //   repeat               how many requests this step answers (default 1)
 //   label                free-form string copied into the recorded request
 // A step with no body field (json/body/body_bytes/default) and status 200 answers the default
@@ -34,7 +36,9 @@
 //
 // Control API (JSON):
 //   POST /control/script  {"steps":[...]} -> {"queued": <steps now pending>, "pending_responses": <sum of repeats>}
-//   POST /control/reset   -> {} clears queue, recorded requests and counters
+//   POST /control/reset   -> {} clears queue, recorded requests, counters and holds
+//   POST /control/release {"name":"..."} -> {"released": <answers let go>} releases a hold
+//   GET  /control/holds   -> {"held": <answers being held now>}
 //   GET  /control/requests -> {"count": <token requests received>, "processed": <recorded>,
 //                              "queued": <steps pending>, "items":[{"seq","method","path","headers",
 //                              "body","at","step","label"}]}
@@ -97,6 +101,10 @@ let received = 0;
 let seq = 0;
 let defaultCounter = 0;
 let recorded = [];
+// Holds: name -> list of resolve functions of answers waiting; released names pass at once.
+let holds = new Map();
+let releasedHolds = new Set();
+let heldNow = 0;
 
 function resetState() {
   generation += 1;
@@ -106,12 +114,27 @@ function resetState() {
   seq = 0;
   defaultCounter = 0;
   recorded = [];
+  for (const waiters of holds.values()) waiters.forEach((w) => w());
+  holds = new Map();
+  releasedHolds = new Set();
 }
 
 const STEP_KEYS = new Set([
   'status', 'headers', 'json', 'body', 'body_bytes', 'default', 'delay_ms', 'stall_before_read_ms',
-  'drop', 'truncate', 'never_answer', 'repeat', 'label',
+  'drop', 'truncate', 'never_answer', 'repeat', 'label', 'hold',
 ]);
+
+function waitForRelease(name) {
+  if (releasedHolds.has(name)) return Promise.resolve();
+  return new Promise((resolve) => {
+    heldNow += 1;
+    if (!holds.has(name)) holds.set(name, []);
+    holds.get(name).push(() => {
+      heldNow -= 1;
+      resolve();
+    });
+  });
+}
 
 function isNonNegInt(v) { return Number.isInteger(v) && v >= 0; }
 
@@ -153,6 +176,7 @@ function validateStep(step, i) {
     throw new Error(`${where}.repeat must be an integer >= 1`);
   }
   if ('label' in step && typeof step.label !== 'string') throw new Error(`${where}.label must be a string`);
+  if ('hold' in step && (typeof step.hold !== 'string' || step.hold === '')) throw new Error(`${where}.hold must be a non-empty string`);
 }
 
 function takeStep() {
@@ -304,6 +328,8 @@ async function handleToken(req, res, path) {
     if (!stillThere) return;
   }
 
+  if (spec?.hold) await waitForRelease(spec.hold);
+
   if (spec?.never_answer) return; // socket stays open until the client goes away
   if (spec?.drop) {
     req.socket.destroy();
@@ -375,6 +401,27 @@ async function handleControl(req, res, path) {
       sendJson(res, 200, { queued: queue.length, pending_responses: pendingResponses() });
       return;
     }
+    case 'POST /control/release': {
+      let name;
+      try {
+        name = JSON.parse(raw)?.name;
+      } catch {
+        name = undefined;
+      }
+      if (typeof name !== 'string' || name === '') {
+        sendJson(res, 400, { error: 'body must be {"name":"..."}' });
+        return;
+      }
+      releasedHolds.add(name);
+      const waiters = holds.get(name) || [];
+      holds.delete(name);
+      waiters.forEach((w) => w());
+      sendJson(res, 200, { released: waiters.length });
+      return;
+    }
+    case 'GET /control/holds':
+      sendJson(res, 200, { held: heldNow });
+      return;
     case 'POST /control/reset':
       resetState();
       sendJson(res, 200, {});

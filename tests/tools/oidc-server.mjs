@@ -28,6 +28,10 @@
 //   POST /test/reset-stats    zero the counters -> {}
 //   POST /test/revoke         {"grant_id":"..."} -> {} (grant + all its tokens removed)
 //   GET  /test/refresh-token?value=<token> -> {"exists","consumed","grant_id"} (read-only)
+//   POST /test/answer-delay   {"ms":N,"count"?:K} -> {} the next K token endpoint requests (all
+//                             while count is absent; ms 0 disarms) are processed at once (a
+//                             refresh rotates) but their answers are held N ms before sending;
+//                             /test/stats reports "held_answers" being held now
 
 import * as http from 'node:http';
 import * as crypto from 'node:crypto';
@@ -352,6 +356,24 @@ function resetStats() {
 }
 resetStats();
 let tokenRequests = 0;
+let answerDelay = { ms: 0, remaining: -1 };
+let heldAnswers = 0;
+
+// Holds the answer of a token request that is processed normally: res.end is deferred.
+function maybeHoldAnswer(res) {
+  if (answerDelay.ms <= 0 || answerDelay.remaining === 0) return;
+  if (answerDelay.remaining > 0) answerDelay.remaining -= 1;
+  const { ms } = answerDelay;
+  const end = res.end.bind(res);
+  res.end = (...a) => {
+    heldAnswers += 1;
+    setTimeout(() => {
+      heldAnswers -= 1;
+      end(...a);
+    }, ms);
+    return res;
+  };
+}
 
 function isRefresh(ctx) {
   return ctx?.oidc?.params?.grant_type === 'refresh_token';
@@ -394,6 +416,7 @@ function statsJson() {
     invalid_client: stats.invalid_client,
     by_error: stats.by_error,
     token_requests: tokenRequests,
+    held_answers: heldAnswers,
     by_grant: Object.fromEntries(stats.by_grant),
   };
 }
@@ -499,6 +522,13 @@ async function handleTest(provider, req, res, url) {
       revokeGrantEverywhere(grantId);
       return sendJson(res, 200, {});
     }
+    case 'POST /test/answer-delay': {
+      const { ms, count } = await readJson(req);
+      if (!Number.isInteger(ms) || ms < 0 || ms > 600000) throw new HttpError(400, 'ms must be an integer in [0, 600000]');
+      if (count !== undefined && (!Number.isInteger(count) || count < 1)) throw new HttpError(400, 'count must be a positive integer');
+      answerDelay = { ms, remaining: count ?? -1 };
+      return sendJson(res, 200, {});
+    }
     case 'GET /test/refresh-token': {
       const value = url.searchParams.get('value');
       if (!value) throw new HttpError(400, 'value query parameter is required');
@@ -538,7 +568,10 @@ const server = http.createServer((req, res) => {
     });
     return;
   }
-  if (url.pathname === '/token') tokenRequests += 1;
+  if (url.pathname === '/token') {
+    tokenRequests += 1;
+    maybeHoldAnswer(res);
+  }
   providerCallback(req, res);
 });
 server.keepAliveTimeout = 60_000;

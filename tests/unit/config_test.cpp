@@ -21,7 +21,9 @@ TEST_CASE("defaults follow the contract", "[config]") {
   CHECK(r.cfg->refresh_pool_size == 16);
   CHECK(r.cfg->request_timeout.count() == 15);
   CHECK(r.cfg->force_refresh_min_interval.count() == 10);
-  CHECK(r.cfg->shutdown_grace.count() == 20);
+  CHECK(r.cfg->provider_answer_timeout.count() == 60);
+  // A sent refresh is awaited and persisted before exit: answer + request timeout + 5 s.
+  CHECK(r.cfg->shutdown_grace.count() == 80);
   CHECK(r.cfg->scheduler);
   CHECK(r.cfg->environment == "development");
   CHECK(!r.cfg->instance_id.empty());
