@@ -192,6 +192,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
         integer("TOKEND_TOKEN_CACHE_SIZE", 0, 100000000, c.token_cache_size),
         integer("TOKEND_PRINCIPAL_CACHE_SIZE", 0, 10000000, c.principal_cache_size),
         integer("TOKEND_TEST_CACHE_INSERT_DELAY_MS", 0, 60000, c.test_cache_insert_delay),
+        on_off("TOKEND_TEST_LOSE_COMMIT_ACK", c.test_lose_commit_ack),
         on_off("TOKEND_SCHEDULER", c.scheduler)}) {
     if (e) return {std::nullopt, *e};
   }

@@ -99,7 +99,8 @@ int serve(const config& c) {
                           .environment = c.environment,
                           .request_timeout = c.request_timeout,
                           .answer_timeout = c.provider_answer_timeout,
-                          .force_refresh_min_interval = c.force_refresh_min_interval},
+                          .force_refresh_min_interval = c.force_refresh_min_interval,
+                          .test_lose_commit_ack = c.test_lose_commit_ack},
                          db, refresh_db, keys, outbound, metrics, clock, caches);
   api::context ctx{api_settings, db, keys, usage, clock, engine, caches};
 

@@ -469,6 +469,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       std::optional<connection_record> stored;
       answer_write aw;
       aw.what = "token set";
+      aw.lose_first_ack = d.opts.test_lose_commit_ack;
       aw.write = [&](pqxx::transaction_base& tx) {
         stored = store::cas_write_token_set(tx, row.tenant_id, row.id, row.row_id,
                                             row.token_version, w);

@@ -54,6 +54,9 @@ struct engine_options {
   std::chrono::seconds failure_backoff{2};  // no provider call for this long after a failed flight
   std::chrono::milliseconds fence_poll{200};  // how often a fenced flight re-reads the marker
   int max_attempts = 3;
+  // Test hook: the first commit of a refreshed token set reports a failure after it committed
+  // (a COMMIT acknowledgement lost on the wire), so the retry must recognise its own write.
+  bool test_lose_commit_ack = false;
 };
 
 // Who asked, for events and logs.

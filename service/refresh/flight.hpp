@@ -132,6 +132,7 @@ struct answer_write {
   // On a miss: true when the stored row already is this write (its COMMIT acknowledgement was
   // lost). Optional.
   std::function<bool(pqxx::transaction_base&)> landed;
+  bool lose_first_ack = false;  // test hook (engine_options::test_lose_commit_ack)
   std::string what;  // for logs
 };
 

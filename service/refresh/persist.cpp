@@ -71,6 +71,10 @@ asio::awaitable<policy::write_outcome> commit_after_answer(const engine_deps& d,
         tx.commit();
         return true;
       });
+      if (ok && w.lose_first_ack) {
+        co_await lock.committed();
+        throw std::runtime_error("test hook: the COMMIT acknowledgement was lost");
+      }
       if (ok) {
         co_await lock.committed();
         co_return write_outcome::committed;
@@ -91,7 +95,7 @@ asio::awaitable<policy::write_outcome> commit_after_answer(const engine_deps& d,
     const auto job_deadline = background ? steady::now() + kJobDeadline : until;
     const auto o = co_await try_on_new_session(d, w, job_deadline);
     if (policy::after_write(o) != policy::persist_step::retry) {
-      if (tries > 1 && o != write_outcome::fatal_error) {
+      if ((tries > 1 || o == write_outcome::already_landed) && o != write_outcome::fatal_error) {
         log::write(log::level::warn, "write after the provider answered landed on a retry",
                    {{"tenant", f.tenant},
                     {"connection", f.id},

@@ -102,7 +102,13 @@ TEST_CASE("transport: routing, request ids, limits, slow clients", "[http_transp
     CHECK(m.body.find(
               "tokend_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}") !=
           std::string::npos);
-    CHECK(m.body.find("route=\"unmatched\",status=\"404\"") != std::string::npos);
+    // Counted when the response has been written, which can be just after the client read it.
+    CHECK(eventually(
+        [&] {
+          return t.get("/metrics").body.find("route=\"unmatched\",status=\"404\"") !=
+                 std::string::npos;
+        },
+        2s));
     CHECK(m.body.find("tokend_http_request_duration_seconds_bucket") != std::string::npos);
     CHECK(m.body.find("tokend_db_pool_in_use{pool=\"short\"}") != std::string::npos);
     CHECK(m.body.find("tokend_db_pool_waiting{pool=\"refresh\"}") != std::string::npos);

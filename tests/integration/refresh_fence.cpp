@@ -393,3 +393,32 @@ TEST_CASE("a 9,000-character refresh token and a 20,000-character access token a
         std::string::npos);
   CHECK(reqs[1]["body"].get<std::string>().find("refresh_token=" + new_rt) != std::string::npos);
 }
+
+TEST_CASE("a lost COMMIT acknowledgement of a write that landed is recognised, not a conflict",
+          "[refresh_fence]") {
+  node_peer fake("fake-token-endpoint.mjs");
+  scratch_database db;
+  tokend_process t(db.url(), env({{"TOKEND_TEST_LOSE_COMMIT_ACK", "on"}}));
+  auto key = t.tenant_key("acme");
+  put_provider(t, key, "idp", fake.url("/token"));
+  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
+                 json{{"provider", "idp"},
+                      {"access_token", "old-at"},
+                      {"refresh_token", "old-rt"},
+                      {"expires_at", kPast}})
+              .status == 201);
+  auto r = get_token(t, key, "c1");
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.json()["access_token"] == "fake-at-1");
+  CHECK(r.json()["token_version"] == 2);
+  // Precondition: the first commit did report a failure, and the retry found its own write.
+  CHECK(t.output().find("the COMMIT acknowledgement was lost") != std::string::npos);
+  CHECK(t.output().find("\"already_landed\":true") != std::string::npos);
+  CHECK(t.output().find("PERSIST FAILED") == std::string::npos);
+  auto events = t.call("GET", "/v1/connections/c1/events", key).json()["items"];
+  REQUIRE(events.size() == 2);  // import and one refreshed; no persist_failed
+  CHECK(events[0]["outcome"] == "refreshed");
+  CHECK(stored_refresh_token(db.url(), "acme", "c1") == std::optional<std::string>("fake-rt-1"));
+  CHECK(fake.control("GET", "/control/requests")["processed"] == 1);
+}
