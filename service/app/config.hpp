@@ -44,7 +44,7 @@ struct config {
   unsigned token_cache_size = 100000;
   unsigned principal_cache_size = 10000;
   std::chrono::milliseconds test_cache_insert_delay{0};  // test hook, see caches.hpp
-  bool test_lose_commit_ack = false;  // test hook, see refresh/engine.hpp
+  bool test_lose_commit_ack = false;                     // test hook, see refresh/engine.hpp
 };
 
 struct config_error {

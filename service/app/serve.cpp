@@ -50,7 +50,9 @@ http::completion_hook access_log(observability::metrics& m) {
 int serve(const config& c) {
   observability::metrics metrics;
   // Sessions are named "tokend-<pool>/<instance id>" (PostgreSQL keeps 63 bytes of it).
-  const auto app_name = [&](const std::string& pool) { return "tokend-" + pool + "/" + c.instance_id; };
+  const auto app_name = [&](const std::string& pool) {
+    return "tokend-" + pool + "/" + c.instance_id;
+  };
   store::db_pool db({.name = "short",
                      .conninfo = c.database_url,
                      .size = c.db_pool_size,
@@ -59,12 +61,11 @@ int serve(const config& c) {
                      .application_name = app_name("short")},
                     &metrics);
   // Refresh transactions hold their lease across a provider call and set their own timeouts.
-  store::db_pool refresh_db(
-      {.name = "refresh",
-       .conninfo = c.database_url,
-       .size = c.refresh_pool_size,
-       .application_name = app_name("refresh")},
-      &metrics);
+  store::db_pool refresh_db({.name = "refresh",
+                             .conninfo = c.database_url,
+                             .size = c.refresh_pool_size,
+                             .application_name = app_name("refresh")},
+                            &metrics);
 
   asio::io_context ioc(static_cast<int>(c.threads));
   http::server_options opts{.read_timeout = c.http_read_timeout,
@@ -85,7 +86,8 @@ int serve(const config& c) {
                        &metrics);
   // Caches are used only while the listener is up; a (re)connect flushes them.
   store::change_listener listener(
-      store::with_connection_params(c.database_url, app_name("listener"), std::chrono::seconds(5)), [&](const std::string& payload) { caches.invalidate(payload); },
+      store::with_connection_params(c.database_url, app_name("listener"), std::chrono::seconds(5)),
+      [&](const std::string& payload) { caches.invalidate(payload); },
       [&](bool up) {
         if (!up) caches.state().set_up(false);
         caches.flush();

@@ -15,8 +15,8 @@ std::chrono::seconds marker_window(std::chrono::seconds answer_timeout,
   return answer_timeout + request_timeout;
 }
 
-std::chrono::steady_clock::time_point answer_cap(std::chrono::steady_clock::time_point committed_after,
-                                                 std::chrono::seconds window) {
+std::chrono::steady_clock::time_point answer_cap(
+    std::chrono::steady_clock::time_point committed_after, std::chrono::seconds window) {
   return committed_after + window - std::chrono::seconds(1);
 }
 

@@ -32,16 +32,16 @@ std::chrono::seconds marker_window(std::chrono::seconds answer_timeout,
 // The latest moment the owner may still read an answer, on its own steady clock: the marker
 // was committed no earlier than `committed_after`, so it expires on the database clock no
 // earlier than committed_after + window; one second is kept in hand.
-std::chrono::steady_clock::time_point answer_cap(std::chrono::steady_clock::time_point committed_after,
-                                                 std::chrono::seconds window);
+std::chrono::steady_clock::time_point answer_cap(
+    std::chrono::steady_clock::time_point committed_after, std::chrono::seconds window);
 
 // A write after the provider answered (the new token set, or the needs_reauth bookkeeping).
 enum class write_outcome {
-  committed,         // the compare-and-swap matched and the commit was acknowledged
-  already_landed,    // CAS missed, but the stored row is exactly our write: a lost COMMIT ack
-  cas_miss,          // CAS missed: the row changed (version, identity or status)
-  retryable_error,   // connection loss, timeout, serialization failure, pool exhausted
-  fatal_error,       // any other SQL error
+  committed,        // the compare-and-swap matched and the commit was acknowledged
+  already_landed,   // CAS missed, but the stored row is exactly our write: a lost COMMIT ack
+  cas_miss,         // CAS missed: the row changed (version, identity or status)
+  retryable_error,  // connection loss, timeout, serialization failure, pool exhausted
+  fatal_error,      // any other SQL error
 };
 enum class persist_step { done, retry, give_up };
 persist_step after_write(write_outcome o);

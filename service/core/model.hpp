@@ -14,7 +14,6 @@ namespace tokend {
 // refresh token and keep the dead one.
 inline constexpr std::size_t kMaxTokenBytes = 64 * 1024;
 
-
 struct tenant_record {
   std::string id;
   std::string name;

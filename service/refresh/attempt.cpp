@@ -68,8 +68,7 @@ asio::awaitable<oauth::http_result> call_provider(const engine_deps& d, flight& 
                                 cap};
   asio::co_spawn(
       ex,
-      [p, &http = d.http, request, send_deadline = f.deadline,
-       wait]() -> asio::awaitable<void> {
+      [p, &http = d.http, request, send_deadline = f.deadline, wait]() -> asio::awaitable<void> {
         try {
           p->reply = co_await http.request("POST", request.url, request.headers, request.body,
                                            send_deadline, wait);
@@ -83,8 +82,9 @@ asio::awaitable<oauth::http_result> call_provider(const engine_deps& d, flight& 
       asio::detached);
   if (!co_await p->done.wait_until(f.deadline)) {
     if (lock.held()) {
-      log::write(log::level::info, "callers' deadline passed with the provider call out; "
-                                   "releasing the row lock, awaiting the answer",
+      log::write(log::level::info,
+                 "callers' deadline passed with the provider call out; "
+                 "releasing the row lock, awaiting the answer",
                  {{"tenant", f.tenant}, {"connection", f.id}}, f.request_id);
       co_await lock.commit();
     }
@@ -189,7 +189,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
   // Lock, decide, pass the fence. Repeats after another flight's marker settled.
   for (;;) {
     auto locked = co_await lock.lock(f.tenant, f.id, f.deadline, kLockIdleMargin);
-    if (locked.s == row_lock::status::missing) throw api_error(errc::not_found, "no such connection");
+    if (locked.s == row_lock::status::missing)
+      throw api_error(errc::not_found, "no such connection");
     if (locked.s == row_lock::status::lost) {
       if (steady::now() + kRelockPause < f.deadline) {
         co_await pause_for(kRelockPause);
@@ -344,10 +345,9 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
   }
 
   const auto request = oauth::refresh_request(provider, *opened->refresh_token, secret);
-  const auto token_age_s =
-      std::chrono::duration_cast<std::chrono::seconds>(d.clock.now() -
-                                                       row.last_refreshed_at.value_or(row.created_at))
-          .count();
+  const auto token_age_s = std::chrono::duration_cast<std::chrono::seconds>(
+                               d.clock.now() - row.last_refreshed_at.value_or(row.created_at))
+                               .count();
   bool in_doubt_seen = false;
   bool marker_ours = true;
   int retry_after = 1;
@@ -377,24 +377,26 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     const auto queue_ms = ms_since(f.started);
     const auto sent_at = d.clock.now();
     const auto call_started = steady::now();
-    auto reply = co_await call_provider(d, f, lock, request,
-                                        policy::answer_cap(committed_after, window));
+    auto reply =
+        co_await call_provider(d, f, lock, request, policy::answer_cap(committed_after, window));
     const auto call_ms = ms_since(call_started);
     d.metrics.provider_call(static_cast<double>(call_ms) / 1000.0);
     policy::provider_reply pr{reply.sent, reply.status, reply.body_complete, std::move(reply.body),
                               reply.retry_after};
-    auto cls = reply.refused
-                   ? policy::classification{policy::outcome::config_error,           {}, {},
-                                            std::string("outbound address refused"), {}, reply.error}
-                   : policy::classify(pr, sent_at,
-                                      {provider.default_expires_in, provider.refresh_token_lifetime});
+    auto cls =
+        reply.refused
+            ? policy::classification{policy::outcome::config_error,           {}, {},
+                                     std::string("outbound address refused"), {}, reply.error}
+            : policy::classify(pr, sent_at,
+                               {provider.default_expires_in, provider.refresh_token_lifetime});
     const bool last_try = attempt == d.opts.max_attempts;
     const bool retryable =
         cls.kind == policy::outcome::transient || cls.kind == policy::outcome::in_doubt;
     milliseconds delay{0};
     if (retryable && !last_try) {
       delay = policy::backoff(attempt, d.opts.backoff_base, d.opts.backoff_cap, random_u64());
-      if (cls.retry_after_s) delay = std::max<milliseconds>(delay, std::chrono::seconds(*cls.retry_after_s));
+      if (cls.retry_after_s)
+        delay = std::max<milliseconds>(delay, std::chrono::seconds(*cls.retry_after_s));
     }
     const bool will_retry = retryable && !last_try && lock.held() &&
                             steady::now() + delay + milliseconds(50) < f.deadline;
@@ -471,8 +473,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       aw.what = "token set";
       aw.lose_first_ack = d.opts.test_lose_commit_ack;
       aw.write = [&](pqxx::transaction_base& tx) {
-        stored = store::cas_write_token_set(tx, row.tenant_id, row.id, row.row_id,
-                                            row.token_version, w);
+        stored =
+            store::cas_write_token_set(tx, row.tenant_id, row.id, row.row_id, row.token_version, w);
         if (!stored) return false;
         store::notify_change(tx, change_key);
         store::append_event(tx, e);
@@ -495,7 +497,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
                     {"connection", row.id},
                     {"token_version", row.token_version},
                     {"reason", o == policy::write_outcome::cas_miss ? "the connection changed"
-                                                                   : "database error"},
+                                                                    : "database error"},
                     {"new_refresh_token_fingerprint", w.sealed.refresh_token_fp.value_or("")}},
                    f.request_id);
         event_record pe = e;
@@ -570,8 +572,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       throw reauth_error(row);
     }
 
-    if (cls.kind == policy::outcome::config_error ||
-        cls.kind == policy::outcome::provider_error) {
+    if (cls.kind == policy::outcome::config_error || cls.kind == policy::outcome::provider_error) {
       const bool config = cls.kind == policy::outcome::config_error;
       e.outcome = config ? "config_error" : "provider_error";
       e.description = cls.description ? *cls.description : cls.summary;
@@ -588,8 +589,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         store::close_attempt(tx, marker_id, "failed");
         return true;
       };
-      const auto o = co_await commit_after_answer(d, f, lock, aw,
-                                                  steady::now() + kBookkeepingTime, false);
+      const auto o =
+          co_await commit_after_answer(d, f, lock, aw, steady::now() + kBookkeepingTime, false);
       if (o != policy::write_outcome::committed) {
         close_marker_later(d, marker_id, "failed", steady::now() + window);
       }

@@ -45,8 +45,8 @@ async::semaphore& engine_deps::provider_slots(const std::string& tenant,
 engine::engine(asio::any_io_executor ex, engine_options opts, store::db_pool& db,
                store::db_pool& refresh_db, const crypto::keyring& keys, oauth::http_client& http,
                observability::metrics& metrics, const wall_clock& clock, cache::caches& caches)
-    : d_(std::make_unique<detail::engine_deps>(std::move(ex), std::move(opts), db, refresh_db,
-                                               keys, http, metrics, clock, caches)) {}
+    : d_(std::make_unique<detail::engine_deps>(std::move(ex), std::move(opts), db, refresh_db, keys,
+                                               http, metrics, clock, caches)) {}
 
 engine::~engine() {
   // The process is exiting: a rotated token set still unstored is lost with it. Say so loudly,
@@ -59,12 +59,12 @@ engine::~engine() {
       std::lock_guard flk(f->mu);
       fp = f->pending_fingerprint;
     }
-    log::write(log::level::error,
-               "PERSIST FAILED at exit: a rotated token set was never stored; the connection "
-               "will need reauthorization",
-               {{"tenant", key.first}, {"connection", key.second},
-                {"new_refresh_token_fingerprint", fp}},
-               f->request_id);
+    log::write(
+        log::level::error,
+        "PERSIST FAILED at exit: a rotated token set was never stored; the connection "
+        "will need reauthorization",
+        {{"tenant", key.first}, {"connection", key.second}, {"new_refresh_token_fingerprint", fp}},
+        f->request_id);
   }
 }
 
@@ -134,7 +134,8 @@ asio::awaitable<token_answer> engine::refresh(const caller& who, const std::stri
   refuse_while_pending(who.tenant, id);
   auto c = co_await load(who, id);
   co_await detail::open_or_fail(*d_, who, c, if_token_version ? "conditional" : "forced");
-  if (!if_token_version) co_return co_await join_or_start(who, c, static_cast<int>(trigger::forced));
+  if (!if_token_version)
+    co_return co_await join_or_start(who, c, static_cast<int>(trigger::forced));
   if (c.token_version < *if_token_version) {
     throw api_error(errc::conflict,
                     "token_version " + std::to_string(*if_token_version) +

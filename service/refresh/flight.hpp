@@ -110,7 +110,8 @@ struct flight {
 // Errors of the outcome table.
 api_error reauth_error(const connection_record& c);
 api_error provider_unavailable_error(int retry_after);  // 503 provider_unavailable (transient)
-api_error write_pending_error();  // 503 unavailable: the provider answered, the write has not landed
+api_error
+write_pending_error();  // 503 unavailable: the provider answered, the write has not landed
 std::string last_error_json(std::string_view code, const policy::classification& c, int status,
                             sys_time at);
 
@@ -133,7 +134,7 @@ struct answer_write {
   // lost). Optional.
   std::function<bool(pqxx::transaction_base&)> landed;
   bool lose_first_ack = false;  // test hook (engine_options::test_lose_commit_ack)
-  std::string what;  // for logs
+  std::string what;             // for logs
 };
 
 class row_lock;

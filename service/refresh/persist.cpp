@@ -83,9 +83,10 @@ asio::awaitable<policy::write_outcome> commit_after_answer(const engine_deps& d,
       co_await lock.release();
       co_return write_outcome::cas_miss;
     } catch (const std::exception& e) {
-      log::write(log::level::warn, "write on the lock session failed; retrying on a new session",
-                 {{"tenant", f.tenant}, {"connection", f.id}, {"what", w.what}, {"error", e.what()}},
-                 f.request_id);
+      log::write(
+          log::level::warn, "write on the lock session failed; retrying on a new session",
+          {{"tenant", f.tenant}, {"connection", f.id}, {"what", w.what}, {"error", e.what()}},
+          f.request_id);
       failed = true;
     }
     if (failed) co_await lock.abandon();
@@ -116,11 +117,12 @@ asio::awaitable<policy::write_outcome> commit_after_answer(const engine_deps& d,
         std::lock_guard lk(f.mu);
         fp = f.pending_fingerprint;
       }
-      log::write(log::level::error,
-                 "PERSIST PENDING: a rotated token set is not stored yet; retrying in the "
-                 "background, this instance answers 503 for the connection meanwhile",
-                 {{"tenant", f.tenant}, {"connection", f.id}, {"new_refresh_token_fingerprint", fp}},
-                 f.request_id);
+      log::write(
+          log::level::error,
+          "PERSIST PENDING: a rotated token set is not stored yet; retrying in the "
+          "background, this instance answers 503 for the connection meanwhile",
+          {{"tenant", f.tenant}, {"connection", f.id}, {"new_refresh_token_fingerprint", fp}},
+          f.request_id);
     }
     asio::steady_timer t(co_await asio::this_coro::executor, pause);
     co_await t.async_wait(asio::use_awaitable);

@@ -153,10 +153,9 @@ asio::awaitable<void> db_pool::lease::run_erased(std::function<void(pqxx::connec
           }
           if (!s.conn || !s.conn->is_open()) {
             s.conn.reset();
-            s.conn = std::make_unique<pqxx::connection>(
-                with_connection_params(
-                    o.conninfo, o.application_name.empty() ? "tokend-" + o.name : o.application_name,
-                    o.connect_timeout));
+            s.conn = std::make_unique<pqxx::connection>(with_connection_params(
+                o.conninfo, o.application_name.empty() ? "tokend-" + o.name : o.application_name,
+                o.connect_timeout));
             std::string setup;
             if (o.statement_timeout.count() > 0) {
               setup +=

@@ -51,13 +51,15 @@ int locked_waiters(const std::string& url) {
 
 }  // namespace
 
-TEST_CASE("SIGKILL of the lock holder while its request is out: fenced until the answer window "
-          "ends, then one refresh",
-          "[refresh_crash]") {
+TEST_CASE(
+    "SIGKILL of the lock holder while its request is out: fenced until the answer window "
+    "ends, then one refresh",
+    "[refresh_crash]") {
   node_peer fake("fake-token-endpoint.mjs");
   scratch_database db;
   // The marker fences its version for answer timeout + request timeout = 3 + 6 s.
-  const auto timeouts = env({{"TOKEND_REQUEST_TIMEOUT", "6"}, {"TOKEND_PROVIDER_ANSWER_TIMEOUT", "3"}});
+  const auto timeouts =
+      env({{"TOKEND_REQUEST_TIMEOUT", "6"}, {"TOKEND_PROVIDER_ANSWER_TIMEOUT", "3"}});
   tokend_process a(db.url(), timeouts);
   tokend_process b(db.url(), timeouts);
   auto key = setup(a, fake);
@@ -88,13 +90,14 @@ TEST_CASE("SIGKILL of the lock holder while its request is out: fenced until the
       [&] {
         pqxx::connection c(db.url());
         pqxx::nontransaction tx(c);
-        return tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'open' AND "
-                        "expires_at <= now()")[0]
+        return tx.exec1(
+                     "SELECT count(*) FROM refresh_attempts WHERE state = 'open' AND "
+                     "expires_at <= now()")[0]
                    .as<int>() == 1;
       },
       15s));
-  auto again = http_call(b.address(), "GET", "/v1/tokens/c1", "",
-                         {{"Authorization", "Bearer " + key}}, 25s);
+  auto again =
+      http_call(b.address(), "GET", "/v1/tokens/c1", "", {{"Authorization", "Bearer " + key}}, 25s);
   INFO(again.body);
   CHECK(again.status == 200);
   CHECK(again.json()["access_token"] == "fake-at-1");
@@ -106,7 +109,8 @@ TEST_CASE("SIGKILL of the lock holder while its request is out: fenced until the
   // version would read as a lost rotation); B's attempt is closed.
   pqxx::connection c(db.url());
   pqxx::read_transaction tx(c);
-  CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'in_doubt'")[0].as<int>() == 1);
+  CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'in_doubt'")[0].as<int>() ==
+        1);
   CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'done'")[0].as<int>() == 1);
   CHECK(tx.exec1("SELECT count(*) FROM refresh_attempts WHERE state = 'open'")[0].as<int>() == 0);
 }

@@ -130,9 +130,9 @@ void lock_holder_sessions_die(const std::string& victims) {
   CHECK(state["exists"] == true);
   CHECK(state["consumed"] == false);
   // And it works: the next refresh (through B) rotates again without invalid_grant.
-  auto next = http_call(b.address(), "POST", "/v1/tokens/c1/refresh",
-                        json{{"if_token_version", 2}}.dump(), {{"Authorization", "Bearer " + key}},
-                        30s);
+  auto next =
+      http_call(b.address(), "POST", "/v1/tokens/c1/refresh", json{{"if_token_version", 2}}.dump(),
+                {{"Authorization", "Bearer " + key}}, 30s);
   INFO(next.body);
   CHECK(next.status == 200);
   CHECK(next.json()["token_version"] == 3);
@@ -225,7 +225,8 @@ TEST_CASE("the write fails after the provider answered: 503 unavailable, stored 
                       {"refresh_token", "old-rt"},
                       {"expires_in", 3600}})
               .status == 201);
-  fake.control("POST", "/control/script", json{{"steps", {{{"hold", "db-down"}, {"default", true}}}}});
+  fake.control("POST", "/control/script",
+               json{{"steps", {{{"hold", "db-down"}, {"default", true}}}}});
   auto pending = std::async(std::launch::async, [&] {
     return http_call(t.address(), "POST", "/v1/tokens/c1/refresh", "",
                      {{"Authorization", "Bearer " + key}}, 20s);
@@ -271,10 +272,10 @@ TEST_CASE("503 then invalid_grant: the grant was revoked, not a lost rotation", 
                       {"refresh_token", "old-rt"},
                       {"expires_at", kPast}})
               .status == 201);
-  fake.control("POST", "/control/script",
-               json{{"steps",
-                     {{{"status", 503}},
-                      {{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}}});
+  fake.control(
+      "POST", "/control/script",
+      json{{"steps",
+            {{{"status", 503}}, {{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}}});
   auto r = get_token(t, key, "c1");
   INFO(r.body);
   REQUIRE(r.status == 409);
