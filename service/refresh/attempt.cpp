@@ -182,6 +182,16 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
   };
 
   connection_record row;
+  // An outcome decided under the lock without a provider call: its event, committed with the
+  // lock transaction, and its count.
+  auto record_under_lock = [&](const char* outcome, const char* why) -> asio::awaitable<void> {
+    event_record e = flight_event(d, f, row);
+    e.outcome = outcome;
+    e.description = why;
+    co_await lock.run([&](pqxx::work& tx) { store::append_event(tx, e); });
+    co_await lock.commit();
+    d.metrics.refresh_outcome(tname, outcome);
+  };
   std::optional<crypto::opened_tokens> opened;
   std::optional<std::string> secret;
   long long marker_id = 0;
@@ -256,26 +266,18 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     const bool cooling = provider.cooldown_until && *provider.cooldown_until > now;
     const bool backing_off = row.next_attempt_at && *row.next_attempt_at > now;
     if (cooling || backing_off) {
-      event_record e = flight_event(d, f, row);
-      e.outcome = "deferred";
-      e.description = cooling ? "provider on cool-down after a configuration error"
-                              : "backing off after recent transient failures";
-      co_await lock.run([&](pqxx::work& tx) { store::append_event(tx, e); });
-      co_await lock.commit();
-      d.metrics.refresh_outcome(tname, "deferred");
+      co_await record_under_lock("deferred",
+                                 cooling ? "provider on cool-down after a configuration error"
+                                         : "backing off after recent transient failures");
       co_return transient_result(row, 1, std::nullopt);
     }
     opened = crypto::open_tokens(d.keys, row);
     secret.reset();
     if (provider.client_secret_ct) secret = crypto::open_client_secret(d.keys, provider);
     if (!opened || (provider.client_secret_ct && !secret)) {
-      event_record e = flight_event(d, f, row);
-      e.outcome = "decrypt_failed";
-      e.description = opened ? "the provider's client secret cannot be decrypted"
-                             : "the stored token set cannot be decrypted";
-      co_await lock.run([&](pqxx::work& tx) { store::append_event(tx, e); });
-      co_await lock.commit();
-      d.metrics.refresh_outcome(tname, "decrypt_failed");
+      co_await record_under_lock("decrypt_failed",
+                                 opened ? "the provider's client secret cannot be decrypted"
+                                        : "the stored token set cannot be decrypted");
       throw api_error(errc::decrypt_failed, "a stored secret cannot be decrypted");
     }
 
