@@ -6,6 +6,7 @@
 #include "api/tx.hpp"
 #include "api/views.hpp"
 #include "cache/caches.hpp"
+#include "core/provider_defaults.hpp"
 #include "core/validate.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
@@ -88,6 +89,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     c.access_expires_at = t.access_expires_at;
     c.access_lifetime = t.access_lifetime;
     c.refresh_expires_at = t.refresh_expires_at;
+    c.token_origin = url_origin(provider->token_url);  // a (re-)import binds the current origin
     connection_record out;
     if (existing) {
       auto replaced = store::replace_connection(tx, c, existing->token_version);

@@ -26,6 +26,16 @@ std::optional<std::string> url_field(body_reader& body, const char* name, bool i
   return v;
 }
 
+// The first of the fields a stored secret is bound to that `next` changes, if any.
+std::optional<std::string> endpoint_change(const provider_record& prev, const provider_record& next) {
+  if (next.token_url != prev.token_url) return "token_url";
+  if (next.client_id != prev.client_id) return "client_id";
+  if (next.auth_method != prev.auth_method) return "token_endpoint_auth_method";
+  if (next.authorize_url != prev.authorize_url) return "authorize_url";
+  if (next.canary_url != prev.canary_url) return "canary_url";
+  return std::nullopt;
+}
+
 asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "connections:write");
@@ -106,6 +116,13 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
         method.value_or(airtable || p.client_secret_ct ? "client_secret_basic" : "none");
     if (p.auth_method != "none" && !p.client_secret_ct) {
       bad_request("client_secret is required with " + p.auth_method, "/client_secret");
+    }
+    // A stored secret is never sent to an endpoint it was not given for.
+    if (existing && existing->client_secret_ct && !secret) {
+      if (auto field = endpoint_change(*existing, p)) {
+        bad_request("changing " + *field + " of a provider with a stored secret requires client_secret in the same request",
+                    "/client_secret");
+      }
     }
     return std::pair{store::upsert_provider(tx, p), !existing};
   });

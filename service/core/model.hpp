@@ -100,6 +100,9 @@ struct connection_record {
   std::optional<sys_time> last_forced_refresh_at;
   sys_time created_at;
   sys_time updated_at;
+  // Origin (url_origin) of the token endpoint the refresh token was imported or obtained for:
+  // a refresh is never sent anywhere else.
+  std::string token_origin;
 };
 
 struct event_record {

@@ -18,4 +18,24 @@ std::optional<std::string> check_provider_url(std::string_view url, bool allow_i
   return std::nullopt;
 }
 
+std::string url_origin(std::string_view url) {
+  auto u = boost::urls::parse_absolute_uri(url);
+  if (!u || !u->has_authority() || u->encoded_host().empty()) return {};
+  auto lower = [](std::string s) {
+    for (auto& ch : s) {
+      if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+    }
+    return s;
+  };
+  const std::string scheme = lower(std::string(u->scheme()));
+  std::string port = u->has_port() ? std::string(u->port()) : std::string();
+  if (port.empty()) {
+    if (scheme == "https") port = "443";
+    else if (scheme == "http") port = "80";
+    else return {};
+  }
+  // Percent-decoded, so "%41uth.example" and "auth.example" are one origin.
+  return scheme + "://" + lower(u->encoded_host().decode()) + ":" + port;
+}
+
 }  // namespace tokend

@@ -18,4 +18,9 @@ struct airtable_defaults {
 // otherwise the reason it is refused. Pure.
 std::optional<std::string> check_provider_url(std::string_view url, bool allow_insecure);
 
+// The normalised origin of an absolute URL: lower-case scheme and host, explicit port
+// ("https://auth.example.com:443"); empty when `url` is not an absolute URL with a host. Two
+// URLs on the same origin get the same string. Pure.
+std::string url_origin(std::string_view url);
+
 }  // namespace tokend

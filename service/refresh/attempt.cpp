@@ -14,6 +14,7 @@
 
 #include "async/semaphore.hpp"
 #include "cache/caches.hpp"
+#include "core/provider_defaults.hpp"
 #include "crypto/token_seal.hpp"
 #include "oauth/http_client.hpp"
 #include "oauth/token_request.hpp"
@@ -262,6 +263,32 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       d.metrics.reauth_required("imported_without_refresh_token");
       d.metrics.refresh_outcome(tname, "invalid_grant");
       throw reauth_error(row);
+    }
+    // Origin binding: the refresh token goes only to the origin it was issued for. One
+    // connection's mismatch is not the provider's fault: no cool-down, the connection stays
+    // active, and a re-import or reauthorization binds the new origin.
+    if (const auto origin = url_origin(provider.token_url); origin != row.token_origin) {
+      event_record e = flight_event(d, f, row);
+      e.outcome = "config_error";
+      e.description = "the provider's token endpoint moved from " + row.token_origin + " to " +
+                      (origin.empty() ? std::string("an unusable URL") : origin) +
+                      "; the refresh token was issued for " + row.token_origin +
+                      " and is not sent elsewhere: re-import the connection or reauthorize it";
+      policy::classification why;
+      why.summary = "token endpoint origin changed";
+      why.description = e.description;
+      const auto err = last_error_json("config_error", why, 0, now);
+      co_await lock.run([&](pqxx::work& tx) {
+        store::record_refresh_failure(tx, row.tenant_id, row.id, err, std::nullopt);
+        store::append_event(tx, e);
+      });
+      co_await lock.commit();
+      d.metrics.refresh_outcome(tname, "config_error");
+      throw api_error(errc::provider_config_error,
+                      "the connection's refresh token was issued for " + row.token_origin +
+                          ", but the provider's token endpoint is now on " +
+                          (origin.empty() ? std::string("an unusable URL") : origin) +
+                          ": re-import or reauthorize the connection");
     }
     const bool cooling = provider.cooldown_until && *provider.cooldown_until > now;
     const bool backing_off = row.next_attempt_at && *row.next_attempt_at > now;

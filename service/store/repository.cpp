@@ -132,7 +132,7 @@ const std::string kConnectionColumns =
     "tenant_id, id, row_id, provider_id, status, token_version, key_id, access_token_ct, "
     "refresh_token_ct, access_token_fp, refresh_token_fp, token_type, scope, metadata::text, " TS(
         "access_expires_at") ", access_lifetime, " TS("refresh_expires_at") ", " TS(
-        "last_refreshed_at") ", last_error::text, reauth_reason, consecutive_failures, " TS("next_attempt_at") ", " TS("last_forced_refresh_at") ", " TS("created_at") ", " TS("updated_at");
+        "last_refreshed_at") ", last_error::text, reauth_reason, consecutive_failures, " TS("next_attempt_at") ", " TS("last_forced_refresh_at") ", " TS("created_at") ", " TS("updated_at") ", token_origin";
 
 connection_record to_connection(const pqxx::row& r) {
   connection_record c;
@@ -161,6 +161,7 @@ connection_record to_connection(const pqxx::row& r) {
   c.last_forced_refresh_at = opt_ts(r[22]);
   c.created_at = ts(r[23]);
   c.updated_at = ts(r[24]);
+  c.token_origin = r[25].as<std::string>();
   return c;
 }
 
@@ -341,13 +342,15 @@ connection_record insert_connection(tx_t& tx, const connection_record& c) {
       tx,
       "INSERT INTO connections (tenant_id, id, row_id, provider_id, status, token_version, key_id, "
       "access_token_ct, refresh_token_ct, access_token_fp, refresh_token_fp, token_type, scope, "
-      "metadata, access_expires_at, access_lifetime, refresh_expires_at) VALUES ($1, $2, $3, $4, "
-      "'active', $5, $6, $7, NULLIF($8, ''::bytea), $9, $10, $11, $12, $13::jsonb, " +
-          ts_param(14) + ", $15, " + ts_param(16) + ") RETURNING " + kConnectionColumns,
+      "metadata, access_expires_at, access_lifetime, refresh_expires_at, token_origin) VALUES ($1, "
+      "$2, $3, $4, 'active', $5, $6, $7, NULLIF($8, ''::bytea), $9, $10, $11, $12, $13::jsonb, " +
+          ts_param(14) + ", $15, " + ts_param(16) + ", NULLIF($17, '')) RETURNING " +
+          kConnectionColumns,
       c.tenant_id, c.id, c.row_id, c.provider_id, c.token_version, c.sealed.key_id,
       pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
       c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope, c.metadata,
-      to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at));
+      to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at),
+      c.token_origin);
   return to_connection(r[0]);
 }
 
@@ -360,14 +363,14 @@ std::optional<connection_record> replace_connection(tx_t& tx, const connection_r
                 "metadata = $12::jsonb, access_expires_at = " +
                     ts_param(13) + ", access_lifetime = $14, refresh_expires_at = " + ts_param(15) +
                     ", last_error = NULL, reauth_reason = NULL, consecutive_failures = 0, "
-                    "next_attempt_at = NULL, updated_at = now() "
+                    "next_attempt_at = NULL, token_origin = NULLIF($17, ''), updated_at = now() "
                     "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
                     kConnectionColumns,
                 c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
                 pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
                 c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
                 c.metadata, to_micros(c.access_expires_at), c.access_lifetime,
-                opt_us(c.refresh_expires_at), expected_version);
+                opt_us(c.refresh_expires_at), expected_version, c.token_origin);
   return first_row(r, to_connection);
 }
 

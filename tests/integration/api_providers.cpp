@@ -29,9 +29,22 @@ TEST_CASE("providers: airtable defaults, replace, secret handling", "[api_provid
   CHECK(p["client_secret_set"] == true);
   CHECK(r.body.find("super-secret-value") == std::string::npos);
 
-  // Replace without a secret keeps the stored one.
+  // Replace without a secret keeps the stored one (the endpoints and client_id unchanged).
+  r = t.call("PUT", "/v1/providers/airtable", key,
+             json{{"type", "airtable"}, {"client_id", "cid-1"}, {"display_name", "Airtable"}});
+  REQUIRE(r.status == 200);
+  CHECK(r.json()["client_id"] == "cid-1");
+  CHECK(r.json()["client_secret_set"] == true);
+  // A new client_id needs its own secret.
   r = t.call("PUT", "/v1/providers/airtable", key,
              json{{"type", "airtable"}, {"client_id", "cid-2"}, {"display_name", "Airtable"}});
+  REQUIRE(r.status == 400);
+  CHECK(r.json()["field"] == "/client_secret");
+  r = t.call("PUT", "/v1/providers/airtable", key,
+             json{{"type", "airtable"},
+                  {"client_id", "cid-2"},
+                  {"client_secret", "super-secret-value"},
+                  {"display_name", "Airtable"}});
   REQUIRE(r.status == 200);
   CHECK(r.json()["client_id"] == "cid-2");
   CHECK(r.json()["client_secret_set"] == true);
@@ -118,4 +131,77 @@ TEST_CASE("http provider URLs are allowed only with TOKEND_ALLOW_INSECURE_PROVID
                        {"client_secret", "s"},
                        {"token_url", "http://127.0.0.1:9/token"}});
   CHECK(r.status == 201);
+}
+
+TEST_CASE("a stored secret follows its endpoint: each of the five fields needs client_secret",
+          "[api_providers]") {
+  scratch_database db;
+  tokend_process t(db.url());
+  auto key = t.tenant_key("acme");
+  const json base{{"type", "oauth2"},
+                  {"client_id", "cid"},
+                  {"token_url", "https://idp.example.com/token"},
+                  {"authorize_url", "https://idp.example.com/authorize"},
+                  {"canary_url", "https://api.example.com/me"},
+                  {"token_endpoint_auth_method", "client_secret_basic"}};
+  auto with_secret = base;
+  with_secret["client_secret"] = "s3cret-one";
+  REQUIRE(t.call("PUT", "/v1/providers/idp", key, with_secret).status == 201);
+  const auto stored = [&] {
+    return db.query_text(
+        "SELECT token_url || ' ' || client_id || ' ' || token_endpoint_auth_method || ' ' || "
+        "coalesce(authorize_url, '-') || ' ' || coalesce(canary_url, '-') || ' ' || "
+        "secret_version FROM providers WHERE tenant_id = 'acme' AND id = 'idp'");
+  };
+  const auto before = stored();
+  REQUIRE(before ==
+          "https://idp.example.com/token cid client_secret_basic https://idp.example.com/authorize "
+          "https://api.example.com/me 1");
+
+  const std::vector<std::pair<std::string, json>> changes{
+      {"token_url", "https://attacker.example.net/token"},
+      {"client_id", "other-client"},
+      {"token_endpoint_auth_method", "client_secret_post"},
+      {"authorize_url", "https://attacker.example.net/authorize"},
+      {"canary_url", "https://attacker.example.net/me"}};
+  for (const auto& [field, value] : changes) {
+    INFO(field);
+    auto body = base;
+    body[field] = value;
+    auto r = t.call("PUT", "/v1/providers/idp", key, body);
+    CHECK(r.status == 400);
+    CHECK(r.json()["code"] == "invalid_request");
+    CHECK(r.json()["field"] == "/client_secret");
+    CHECK(r.header("content-type") == "application/problem+json");
+    CHECK(stored() == before);  // nothing written
+  }
+  // Omitting an optional URL is a change too.
+  auto no_canary = base;
+  no_canary.erase("canary_url");
+  CHECK(t.call("PUT", "/v1/providers/idp", key, no_canary).status == 400);
+  CHECK(stored() == before);
+
+  // Unchanged endpoints keep the stored secret; a change with a new secret is accepted.
+  auto same = base;
+  same["display_name"] = "IdP";
+  CHECK(t.call("PUT", "/v1/providers/idp", key, same).status == 200);
+  CHECK(stored() == before);
+  auto moved = base;
+  moved["token_url"] = "https://idp2.example.com/token";
+  moved["client_secret"] = "s3cret-two";
+  auto r = t.call("PUT", "/v1/providers/idp", key, moved);
+  REQUIRE(r.status == 200);
+  CHECK(r.json()["token_url"] == "https://idp2.example.com/token");
+  CHECK(stored() ==
+        "https://idp2.example.com/token cid client_secret_basic https://idp.example.com/authorize "
+        "https://api.example.com/me 2");
+
+  // A provider without a stored secret has nothing to leak: its endpoints change freely.
+  auto pub = json{{"type", "oauth2"},
+                  {"client_id", "pub"},
+                  {"token_url", "https://idp.example.com/token"},
+                  {"token_endpoint_auth_method", "none"}};
+  REQUIRE(t.call("PUT", "/v1/providers/public", key, pub).status == 201);
+  pub["token_url"] = "https://idp3.example.com/token";
+  CHECK(t.call("PUT", "/v1/providers/public", key, pub).status == 200);
 }

@@ -9,6 +9,7 @@
 #include <pqxx/pqxx>
 #include <random>
 #include <sstream>
+#include "core/provider_defaults.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
 #include "store/repository.hpp"
@@ -83,6 +84,19 @@ scratch_database::~scratch_database() {
   } catch (const std::exception&) {
     // The cluster may already be gone (private clusters); nothing to clean then.
   }
+}
+
+std::string scratch_database::query_text(const std::string& sql) const {
+  pqxx::connection c(url_);
+  pqxx::nontransaction tx(c);
+  const auto f = tx.exec1(sql)[0];
+  return f.is_null() ? std::string("<null>") : f.as<std::string>();
+}
+
+long long scratch_database::query_int(const std::string& sql) const {
+  pqxx::connection c(url_);
+  pqxx::nontransaction tx(c);
+  return tx.exec1(sql)[0].as<long long>();
 }
 
 std::string logged_address(const std::string& output, const std::string& msg) {
@@ -250,6 +264,8 @@ void seed_connections(const std::string& db_url, const std::string& tenant,
   pqxx::connection c(db_url);
   pqxx::work tx(c);
   const auto now = wall_clock().now();
+  const auto prov = store::get_provider(tx, tenant, provider);
+  const std::string origin = prov ? url_origin(prov->token_url) : std::string();
   for (int i = 0; i < count; ++i) {
     connection_record rec;
     rec.tenant_id = tenant;
@@ -262,6 +278,7 @@ void seed_connections(const std::string& db_url, const std::string& tenant,
     rec.sealed = crypto::seal_tokens(kr, tenant, rec.id, rec.row_id, 1, ts);
     rec.access_expires_at = now + std::chrono::seconds(3600);
     rec.access_lifetime = 3600;
+    rec.token_origin = origin;
     store::insert_connection(tx, rec);
   }
   tx.commit();

@@ -39,6 +39,10 @@ class scratch_database {
   const std::string& url() const { return url_; }
   const std::string& socket_dir() const { return socket_dir_; }
   const std::string& name() const { return name_; }
+  // One value of a query that must return exactly one row ("<null>" for SQL NULL); throws
+  // (failing the test) on zero or several rows.
+  std::string query_text(const std::string& sql) const;
+  long long query_int(const std::string& sql) const;
 
  private:
   std::string socket_dir_, name_, url_;
