@@ -32,6 +32,25 @@ TEST_CASE("provider URL checks", "[oauth]") {
   CHECK(check_provider_url("https://x.example/t#frag", false));
 }
 
+TEST_CASE("token endpoint origins are normalised: scheme, lower-cased host, explicit port",
+          "[oauth]") {
+  CHECK(url_origin("https://Auth.Example.COM/oauth/token") == "https://auth.example.com:443");
+  CHECK(url_origin("HTTPS://auth.example.com:443/other?x=1") == "https://auth.example.com:443");
+  CHECK(url_origin("http://127.0.0.1:8080/token") == "http://127.0.0.1:8080");
+  CHECK(url_origin("http://idp.example/token") == "http://idp.example:80");
+  CHECK(url_origin("https://[::1]:9443/t") == "https://[::1]:9443");
+  CHECK(url_origin("https://%41uth.example.com/t") == "https://auth.example.com:443");
+  // Different ports, schemes or hosts are different origins.
+  CHECK(url_origin("https://auth.example.com:8443/t") != url_origin("https://auth.example.com/t"));
+  CHECK(url_origin("http://auth.example.com/t") != url_origin("https://auth.example.com/t"));
+  CHECK(url_origin("https://auth.example.com.evil.net/t") !=
+        url_origin("https://auth.example.com/t"));
+  // Not an absolute URL with a host: no origin.
+  CHECK(url_origin("/relative").empty());
+  CHECK(url_origin("https:///path").empty());
+  CHECK(url_origin("ftp://files.example/t").empty());
+}
+
 TEST_CASE("refresh request shapes", "[oauth]") {
   provider_record p;
   p.token_url = "https://idp.example/token";
