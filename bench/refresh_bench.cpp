@@ -92,7 +92,7 @@ TEST_CASE("storm: 500 expired connections x 20 callers over 3 instances (oidc-pr
   auto grants = idp.control("POST", "/test/grants", json{{"count", kConnections}})["items"];
   for (int i = 0; i < kConnections; ++i) {
     REQUIRE(instances[0]
-                ->call("PUT", "/v1/connections/c" + std::to_string(i), key,
+                ->call("PUT", numbered("/v1/connections/c", i), key,
                        json{{"provider", "idp"},
                             {"access_token", grants[i]["access_token"]},
                             {"refresh_token", grants[i]["refresh_token"]},
@@ -133,10 +133,10 @@ TEST_CASE("throughput: refreshes per second of one instance against a fast fake 
   tokend_process t(db.url(), {{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}});
   auto key = provider_for(t, fake.url("/token"), false);
   for (int i = 0; i < kConnections; ++i) {
-    REQUIRE(t.call("PUT", "/v1/connections/c" + std::to_string(i), key,
+    REQUIRE(t.call("PUT", numbered("/v1/connections/c", i), key,
                    json{{"provider", "idp"},
                         {"access_token", "a"},
-                        {"refresh_token", "r" + std::to_string(i)},
+                        {"refresh_token", numbered("r", i)},
                         {"expires_at", "2020-01-01T00:00:00Z"}})
                 .status == 201);
   }

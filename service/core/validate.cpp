@@ -4,6 +4,16 @@
 
 namespace tokend {
 
+// "/" + name, appended rather than `"/" + std::string(name)`: g++ 12 at -O3 reports a false
+// -Wstringop-overflow on `const char* + std::string&&` (GCC bug 105651).
+std::string json_pointer(std::string_view name) {
+  std::string p;
+  p.reserve(name.size() + 1);
+  p += '/';
+  p += name;
+  return p;
+}
+
 void bad_request(std::string detail, std::string field) {
   throw api_error(errc::invalid_request, std::move(detail), std::move(field));
 }
@@ -66,7 +76,7 @@ const nlohmann::json* body_reader::get(std::string_view name) {
 std::optional<std::string> body_reader::string(std::string_view name, std::size_t max_len,
                                                bool required, bool allow_empty) {
   const auto* v = get(name);
-  const std::string ptr = "/" + std::string(name);
+  const std::string ptr = json_pointer(name);
   if (!v) {
     if (required) bad_request(std::string(name) + " is required", ptr);
     return std::nullopt;
@@ -83,7 +93,7 @@ std::optional<std::string> body_reader::string(std::string_view name, std::size_
 std::optional<long long> body_reader::integer(std::string_view name, long long lo, long long hi,
                                               bool required) {
   const auto* v = get(name);
-  const std::string ptr = "/" + std::string(name);
+  const std::string ptr = json_pointer(name);
   if (!v) {
     if (required) bad_request(std::string(name) + " is required", ptr);
     return std::nullopt;
@@ -111,7 +121,7 @@ std::optional<std::vector<std::string>> body_reader::string_array(std::string_vi
                                                                   std::size_t max_items,
                                                                   std::size_t max_len) {
   const auto* v = get(name);
-  const std::string ptr = "/" + std::string(name);
+  const std::string ptr = json_pointer(name);
   if (!v) return std::nullopt;
   if (!v->is_array()) bad_request(std::string(name) + " must be an array of strings", ptr);
   if (v->size() > max_items) {
@@ -135,7 +145,7 @@ std::optional<std::vector<std::string>> body_reader::string_array(std::string_vi
 
 std::optional<nlohmann::json> body_reader::object(std::string_view name, std::size_t max_bytes) {
   const auto* v = get(name);
-  const std::string ptr = "/" + std::string(name);
+  const std::string ptr = json_pointer(name);
   if (!v) return std::nullopt;
   if (!v->is_object()) bad_request(std::string(name) + " must be a JSON object", ptr);
   if (v->dump().size() > max_bytes) {

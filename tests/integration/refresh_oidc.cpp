@@ -178,7 +178,7 @@ TEST_CASE("500 expired connections x 20 callers over 3 instances: exactly 500 re
   auto key = oidc_rig::setup_tenant(*instances[0], rig.idp.url("/token"));
   auto grants = rig.mint(kConnections);
   for (int i = 0; i < kConnections; ++i) {
-    rig.import(*instances[i % kInstances], key, "c" + std::to_string(i), grants[i]);
+    rig.import(*instances[i % kInstances], key, numbered("c", i), grants[i]);
   }
   rig.idp.control("POST", "/test/reset-stats");
 

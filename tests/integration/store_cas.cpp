@@ -56,8 +56,8 @@ TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing 
       tx.commit();
       return out.has_value();
     };
-    auto a = std::async(std::launch::async, writer, "a" + std::to_string(round));
-    auto b = std::async(std::launch::async, writer, "b" + std::to_string(round));
+    auto a = std::async(std::launch::async, writer, tokend::test::numbered("a", round));
+    auto b = std::async(std::launch::async, writer, tokend::test::numbered("b", round));
     const bool wa = a.get(), wb = b.get();
     CHECK(wa != wb);
     pqxx::connection c(db.url());
@@ -66,7 +66,7 @@ TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing 
     CHECK(rec->token_version == version + 1);
     auto opened = crypto::open_tokens(keys, *rec);
     REQUIRE(opened);
-    const std::string winner = (wa ? "a" : "b") + std::to_string(round);
+    const std::string winner = tokend::test::numbered(wa ? "a" : "b", round);
     CHECK(opened->access_token == "access-" + winner);
     CHECK(opened->refresh_token == "refresh-" + winner);  // the pair is from one cycle
   }

@@ -86,6 +86,12 @@ scratch_database::~scratch_database() {
   }
 }
 
+std::string numbered(std::string_view prefix, long long n) {
+  std::string s(prefix);
+  s += std::to_string(n);
+  return s;
+}
+
 std::string scratch_database::query_text(const std::string& sql) const {
   pqxx::connection c(url_);
   pqxx::nontransaction tx(c);
@@ -269,7 +275,7 @@ void seed_connections(const std::string& db_url, const std::string& tenant,
   for (int i = 0; i < count; ++i) {
     connection_record rec;
     rec.tenant_id = tenant;
-    rec.id = "c" + std::to_string(i);
+    rec.id = numbered("c", i);
     rec.provider_id = provider;
     rec.row_id = store::next_connection_row_id(tx);
     token_set ts;

@@ -48,6 +48,10 @@ class scratch_database {
   std::string socket_dir_, name_, url_;
 };
 
+// prefix + n, appended: g++ 12 at -O3 reports false -Wrestrict/-Wstringop-overflow on
+// `"literal" + std::to_string(n)` (GCC bug 105651), which breaks -Werror Release builds.
+std::string numbered(std::string_view prefix, long long n);
+
 // Socket directory of the suite's cluster; fails the test when the suite was not started by
 // `scripts/dev test` (which exports TOKEND_TEST_PGHOST).
 std::string suite_pg_socket_dir();
