@@ -27,7 +27,8 @@ std::optional<std::string> url_field(body_reader& body, const char* name, bool i
 }
 
 // The first of the fields a stored secret is bound to that `next` changes, if any.
-std::optional<std::string> endpoint_change(const provider_record& prev, const provider_record& next) {
+std::optional<std::string> endpoint_change(const provider_record& prev,
+                                           const provider_record& next) {
   if (next.token_url != prev.token_url) return "token_url";
   if (next.client_id != prev.client_id) return "client_id";
   if (next.auth_method != prev.auth_method) return "token_endpoint_auth_method";
@@ -120,8 +121,10 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
     // A stored secret is never sent to an endpoint it was not given for.
     if (existing && existing->client_secret_ct && !secret) {
       if (auto field = endpoint_change(*existing, p)) {
-        bad_request("changing " + *field + " of a provider with a stored secret requires client_secret in the same request",
-                    "/client_secret");
+        bad_request(
+            "changing " + *field +
+                " of a provider with a stored secret requires client_secret in the same request",
+            "/client_secret");
       }
     }
     return std::pair{store::upsert_provider(tx, p), !existing};

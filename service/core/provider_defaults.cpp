@@ -30,9 +30,12 @@ std::string url_origin(std::string_view url) {
   const std::string scheme = lower(std::string(u->scheme()));
   std::string port = u->has_port() ? std::string(u->port()) : std::string();
   if (port.empty()) {
-    if (scheme == "https") port = "443";
-    else if (scheme == "http") port = "80";
-    else return {};
+    if (scheme == "https")
+      port = "443";
+    else if (scheme == "http")
+      port = "80";
+    else
+      return {};
   }
   // Percent-decoded, so "%41uth.example" and "auth.example" are one origin.
   return scheme + "://" + lower(u->encoded_host().decode()) + ":" + port;

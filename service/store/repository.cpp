@@ -540,9 +540,9 @@ void close_attempt(tx_t& tx, long long attempt_id, const std::string& state) {
 }
 
 bool attempt_settled(tx_t& tx, long long attempt_id) {
-  auto r = exec(tx,
-                "SELECT state <> 'open' OR expires_at <= now() FROM refresh_attempts WHERE id = $1",
-                attempt_id);
+  auto r =
+      exec(tx, "SELECT state <> 'open' OR expires_at <= now() FROM refresh_attempts WHERE id = $1",
+           attempt_id);
   return r.empty() || r[0][0].as<bool>();
 }
 

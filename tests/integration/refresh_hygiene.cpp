@@ -27,12 +27,17 @@ TEST_CASE("a connection imported under origin A is never refreshed at origin B",
             {"client_secret", "secret-for-a"},
             {"token_url", a.url("/oauth/token")}};
   REQUIRE(t.call("PUT", "/v1/providers/idp", key, prov).status == 201);
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "at-a"},
-                      {"refresh_token", "rt-issued-by-a"},
-                      {"expires_at", kPast}})
-              .status == 201);
+  // Imports connection `id` with an expired access token; returns the status.
+  const auto import = [&](const std::string& id, const std::string& at, const std::string& rt) {
+    return t
+        .call("PUT", "/v1/connections/" + id, key,
+              json{{"provider", "idp"},
+                   {"access_token", at},
+                   {"refresh_token", rt},
+                   {"expires_at", kPast}})
+        .status;
+  };
+  REQUIRE(import("c1", "at-a", "rt-issued-by-a") == 201);
   CHECK(db.query_text("SELECT token_origin FROM connections WHERE id = 'c1'") == origin_of(a));
 
   // Another path on the same origin (a changed token_url needs the secret again): still
@@ -75,12 +80,7 @@ TEST_CASE("a connection imported under origin A is never refreshed at origin B",
   CHECK(why.find(origin_of(b)) != std::string::npos);
 
   // A GET of an expired token takes the same path, and again nothing reaches B.
-  REQUIRE(t.call("PUT", "/v1/connections/c2", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "at-2"},
-                      {"refresh_token", "rt-2"},
-                      {"expires_at", kPast}})
-              .status == 201);
+  REQUIRE(import("c2", "at-2", "rt-2") == 201);
   CHECK(db.query_text("SELECT token_origin FROM connections WHERE id = 'c2'") == origin_of(b));
   // c2 was imported under B: no cool-down from c1's mismatch, it refreshes at B.
   r = t.call("GET", "/v1/tokens/c2", key);
@@ -90,12 +90,7 @@ TEST_CASE("a connection imported under origin A is never refreshed at origin B",
   // the re-import binds B.
   CHECK(t.call("POST", "/v1/tokens/c1/refresh", key).status == 502);
   CHECK(b.control("GET", "/control/requests")["processed"] == 1);
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "at-b"},
-                      {"refresh_token", "rt-issued-by-b"},
-                      {"expires_at", kPast}})
-              .status == 200);
+  REQUIRE(import("c1", "at-b", "rt-issued-by-b") == 200);
   CHECK(db.query_text("SELECT token_origin FROM connections WHERE id = 'c1'") == origin_of(b));
   r = t.call("GET", "/v1/tokens/c1", key);
   REQUIRE(r.status == 200);
