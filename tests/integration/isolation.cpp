@@ -56,6 +56,7 @@ TEST_CASE("tenant A's keys cannot read or change tenant B's resources", "[isolat
       {"GET", "/v1/connections/b-conn", nullptr, 404},
       {"GET", "/v1/connections/b-conn/events", nullptr, 404},
       {"GET", "/v1/tokens/b-conn", nullptr, 404},
+      {"POST", "/v1/tokens/b-conn/refresh", nullptr, 404},
       {"DELETE", "/v1/connections/b-conn", nullptr, 404},
       // B's provider id is unknown in A's namespace.
       {"PUT", "/v1/connections/a-conn", json{{"provider", "b-idp"}, {"access_token", "x"}}, 400},
@@ -117,6 +118,7 @@ TEST_CASE("every tenant endpoint enforces its scope; admin token gets 403", "[is
       {"GET", "/v1/connections", nullptr, "connections:read"},
       {"GET", "/v1/connections/c1/events", nullptr, "connections:read"},
       {"GET", "/v1/tokens/c1", nullptr, "tokens:read"},
+      {"POST", "/v1/tokens/c1/refresh", nullptr, "tokens:read"},
       {"DELETE", "/v1/connections/c1", nullptr, "connections:write"},
   };
   const std::vector<std::string> scopes = {"tokens:read", "connections:read", "connections:write"};

@@ -109,6 +109,23 @@ TEST_CASE("refresh request follows RFC 6749 section 6 with form-encoded Basic cr
   CHECK(out.find("fake-rt-1") == std::string::npos);
 }
 
+TEST_CASE("POST refresh: no-store, and the provider's authorize scopes are never sent",
+          "[refresh_faults]") {
+  rig r({}, json{{"scopes", {"data.records:read", "schema.bases:read"}}});
+  r.import("c1", json{{"expires_at", nullptr}, {"expires_in", 3600}});  // fresh: forced only
+  auto res = r.post_refresh("c1");
+  REQUIRE(res.status == 200);
+  CHECK(res.header("cache-control") == "no-store");
+  CHECK(res.json()["access_token"] == "fake-at-1");
+  CHECK(res.json()["token_version"] == 2);
+  const auto reqs = r.requests();
+  REQUIRE(reqs.size() == 1);
+  const auto body = reqs[0]["body"].get<std::string>();
+  CHECK(body == "grant_type=refresh_token&refresh_token=old-refresh-c1");
+  CHECK(body.find("scope") == std::string::npos);
+  CHECK(r.stored_refresh("c1") == std::optional<std::string>("fake-rt-1"));
+}
+
 TEST_CASE("client_secret_post, refresh_scope and a provider without rotation", "[refresh_faults]") {
   rig r({}, json{{"token_endpoint_auth_method", "client_secret_post"}, {"refresh_scope", "a b"}});
   r.import("c1", json{{"scope", "orig"}});
@@ -177,17 +194,35 @@ TEST_CASE("a never-answering endpoint is bounded by the request deadline", "[ref
 
 TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]") {
   rig r;
-  SECTION("500 with an HTML body is 502 provider_error, connection unchanged") {
+  SECTION("500 with an HTML body is transient: retried, then 503 provider_unavailable") {
+    // Contract outcome table: 5xx, whatever the body, is transient; an expired token cannot
+    // be served, so the GET is 503 provider_unavailable with Retry-After.
     r.import("c1");
     r.script(json::array({{{"status", 500},
                            {"body", "<html>oops</html>"},
                            {"headers", {{"Content-Type", "text/html"}}},
                            {"repeat", 3}}}));
     auto res = r.get("c1");
-    // 5xx is transient first; after the attempts the expired token cannot be served.
     CHECK(res.status == 503);
-    CHECK(r.view("c1")["token_version"] == 1);
+    CHECK(res.json()["code"] == "provider_unavailable");
+    CHECK(!res.header("retry-after").empty());
     CHECK(res.body.find("oops") == std::string::npos);
+    CHECK(res.body.find("old-access") == std::string::npos);
+    const int calls = r.provider_calls();
+    CHECK(calls >= 2);  // retried
+    const auto ev = r.events("c1");
+    int transient = 0;
+    for (const auto& e : ev) {
+      if (e["outcome"] == "transient") {
+        ++transient;
+        CHECK(e["http_status"] == 500);
+      }
+      CHECK(e["outcome"] != "provider_error");
+    }
+    CHECK(transient == calls);  // one event per provider call
+    CHECK(r.view("c1")["token_version"] == 1);
+    CHECK(r.view("c1")["status"] == "active");
+    CHECK(r.stored_refresh("c1") == std::optional<std::string>("old-refresh-c1"));
   }
   SECTION("400 with a non-JSON body is 502 provider_error") {
     r.import("c1");
