@@ -81,6 +81,21 @@ TEST_CASE("api keys: shown once, listed without secrets, revoked and expired key
   }
   CHECK(!item.contains("key"));
 
+  // A tenant key (even with every tenant scope) cannot manage keys: 403, nothing written.
+  const auto full = t.tenant_key("acme");
+  const auto keys_before = db.query_int("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL");
+  auto denied = t.call("POST", "/v1/tenants/acme/api-keys", full,
+                       json{{"name", "escalate"}, {"scopes", {"tokens:read"}}});
+  CHECK(denied.status == 403);
+  CHECK(denied.json()["code"] == "forbidden");
+  CHECK(denied.body.find("tkd_") == std::string::npos);
+  const auto key_id = created["id"].get<std::string>();
+  denied = t.call("DELETE", "/v1/tenants/acme/api-keys/" + key_id, full);
+  CHECK(denied.status == 403);
+  CHECK(denied.json()["code"] == "forbidden");
+  CHECK(db.query_int("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL") == keys_before);
+  CHECK(t.call("GET", "/v1/connections", key).status == 200);  // not revoked
+
   auto del =
       t.call("DELETE", "/v1/tenants/acme/api-keys/" + created["id"].get<std::string>(), admin);
   CHECK(del.status == 204);
@@ -133,7 +148,7 @@ TEST_CASE("api keys: shown once, listed without secrets, revoked and expired key
                                json{{"name", "x"}, {"scopes", {"tokens:read"}}}),
                         "tenant");
   // Nothing was written by the failed calls.
-  CHECK(t.call("GET", "/v1/tenants/acme/api-keys", admin).json()["items"].size() == 2);
+  CHECK(t.call("GET", "/v1/tenants/acme/api-keys", admin).json()["items"].size() == 3);
 }
 
 TEST_CASE("last_used_at is recorded in the background, not on the request path", "[api_admin]") {
