@@ -171,7 +171,8 @@ TEST_CASE("429 with Retry-After is respected", "[refresh_faults]") {
 }
 
 TEST_CASE("a never-answering endpoint is bounded by the request deadline", "[refresh_faults]") {
-  rig r(std::map<std::string, std::string>{{"TOKEND_REQUEST_TIMEOUT", "3"}});
+  rig r(std::map<std::string, std::string>{{"TOKEND_REQUEST_TIMEOUT", "3"},
+                                           {"TOKEND_PROVIDER_ANSWER_TIMEOUT", "4"}});
   r.import("expired");
   r.import("valid", json{{"expires_at", nullptr}, {"expires_in", 200}});
   r.script(json::array({{{"never_answer", true}, {"repeat", 10}}}));
@@ -190,6 +191,21 @@ TEST_CASE("a never-answering endpoint is bounded by the request deadline", "[ref
   CHECK(valid.json()["access_token"] == "old-access-valid");
   CHECK(r.view("expired")["token_version"] == 1);
   CHECK(r.view("expired")["status"] == "active");
+  // The request was sent and never answered: once the answer timeout (4 s) has passed, its
+  // outcome is in doubt and recorded as such.
+  json seen;
+  CHECK(eventually(
+      [&] {
+        seen = r.events("expired");
+        for (const auto& e : seen) {
+          if (e["outcome"] == "in_doubt") return true;
+        }
+        return false;
+      },
+      15s));
+  INFO(seen.dump());
+  CHECK(r.view("expired")["token_version"] == 1);
+  CHECK(r.stored_refresh("expired") == std::optional<std::string>("old-refresh-expired"));
 }
 
 TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]") {

@@ -164,8 +164,15 @@ TEST_CASE("a grant revoked at the provider: one failing call, then 409 with no p
                       {"refresh_token", fresh["refresh_token"]},
                       {"expires_at", kPast}})
               .status == 200);
-  CHECK(t.call("GET", "/v1/tokens/c1", key).status == 200);
+  view = t.call("GET", "/v1/connections/c1", key).json();
+  CHECK(view["status"] == "active");
+  CHECK(view["reauth"].is_null());
+  CHECK(view["last_error"].is_null());
+  auto served = t.call("GET", "/v1/tokens/c1", key);
+  CHECK(served.status == 200);
+  CHECK(served.json()["access_token"] != fresh["access_token"]);  // refreshed, expired import
   CHECK(rig.stats()["refresh_success"] == 1);
+  CHECK(rig.stats()["invalid_grant"] == 1);
 }
 
 TEST_CASE("500 expired connections x 20 callers over 3 instances: exactly 500 refreshes",

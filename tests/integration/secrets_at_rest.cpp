@@ -89,7 +89,15 @@ TEST_CASE(
   CHECK(moved.body.find("tok-c1") == std::string::npos);
   auto events = t.call("GET", "/v1/connections/c2/events", key).json()["items"];
   CHECK(events[0]["outcome"] == "decrypt_failed");
-  CHECK(t.call("GET", "/v1/connections/c2", key).status == 200);  // the view still renders
+  // The view still renders, from the stored fingerprints (never decrypting): c2's own.
+  auto c2_view = t.call("GET", "/v1/connections/c2", key);
+  REQUIRE(c2_view.status == 200);
+  const auto fp = c2_view.json()["access_token_fingerprint"].get<std::string>();
+  CHECK(fp.rfind("sha256:", 0) == 0);
+  CHECK(fp.size() == 7 + 16);
+  CHECK(fp == db.query_text("SELECT access_token_fp FROM connections WHERE id = 'c2'"));
+  CHECK(fp != db.query_text("SELECT access_token_fp FROM connections WHERE id = 'c1'"));
+  CHECK(c2_view.json()["refresh_token_fingerprint"].is_null());  // imported without one
 
   // Older version's ciphertext put back after a replace.
   std::string old_ct;
