@@ -128,6 +128,48 @@ TEST_CASE("tokens with JSON-special characters come back intact", "[api_connecti
   }
 }
 
+TEST_CASE("connections and events: default page sizes and a matching provider filter",
+          "[api_connections]") {
+  scratch_database db;
+  tokend_process t(db.url());
+  auto key = setup(t);
+  put_provider(t, key, "other", "https://other.example.com/token");
+  seed_connections(db.url(), "acme", "idp", 105, [](int i) { return numbered("a", i); });
+  for (const auto* id : {"z1", "z2"}) {
+    REQUIRE(t.call("PUT", std::string("/v1/connections/") + id, key,
+                   json{{"provider", "other"}, {"access_token", "a"}})
+                .status == 201);
+  }
+  // Connections: 100 per page by default (contract), then the rest.
+  auto page = t.call("GET", "/v1/connections", key);
+  REQUIRE(page.status == 200);
+  CHECK(page.json()["items"].size() == 100);
+  REQUIRE(page.json()["next_cursor"].is_string());
+  auto rest =
+      t.call("GET", "/v1/connections?cursor=" + page.json()["next_cursor"].get<std::string>(), key);
+  REQUIRE(rest.status == 200);
+  CHECK(rest.json()["items"].size() == 7);
+  CHECK(rest.json()["next_cursor"].is_null());
+  // provider= returns exactly that provider's connections.
+  auto other = t.call("GET", "/v1/connections?provider=other", key).json()["items"];
+  REQUIRE(other.size() == 2);
+  CHECK(other[0]["id"] == "z1");
+  CHECK(other[1]["id"] == "z2");
+  for (const auto& c : other) CHECK(c["provider"] == "other");
+  CHECK(t.call("GET", "/v1/connections?provider=idp&limit=500", key).json()["items"].size() == 105);
+  // Events: 50 per page by default.
+  for (int i = 0; i < 54; ++i) {
+    REQUIRE(t.call("PUT", "/v1/connections/z1", key,
+                   json{{"provider", "other"}, {"access_token", numbered("a", i)}})
+                .status == 200);
+  }
+  CHECK(db.query_int("SELECT count(*) FROM connection_events WHERE connection_id = 'z1'") == 55);
+  auto events = t.call("GET", "/v1/connections/z1/events", key);
+  REQUIRE(events.status == 200);
+  CHECK(events.json()["items"].size() == 50);
+  CHECK(t.call("GET", "/v1/connections/z1/events?limit=500", key).json()["items"].size() == 55);
+}
+
 TEST_CASE("connections: list with filters and an opaque cursor", "[api_connections]") {
   scratch_database db;
   tokend_process t(db.url());
