@@ -98,3 +98,67 @@ TEST_CASE("a connection imported under origin A is never refreshed at origin B",
   REQUIRE(seen.size() == 2);
   CHECK(seen[1]["body"].get<std::string>().find("rt-issued-by-b") != std::string::npos);
 }
+
+TEST_CASE("a redirect from the token endpoint is not followed", "[refresh_hygiene]") {
+  node_peer a{"fake-token-endpoint.mjs"};
+  node_peer b{"fake-token-endpoint.mjs"};
+  scratch_database db;
+  tokend_process t(db.url(), {{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}});
+  const auto key = t.tenant_key("acme");
+  put_provider(t, key, "idp", a.url("/oauth/token"));
+  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
+                 json{{"provider", "idp"},
+                      {"access_token", "at-1"},
+                      {"refresh_token", "rt-1"},
+                      {"expires_at", kPast}})
+              .status == 201);
+  for (int status : {302, 307, 308}) {
+    INFO(status);
+    a.control("POST", "/control/script",
+              json{{"steps",
+                    {{{"status", status}, {"headers", {{"Location", b.url("/oauth/token")}}}}}}});
+    auto r = t.call("POST", "/v1/tokens/c1/refresh", key);
+    CHECK(r.status == 502);
+    CHECK(r.json()["code"] == "provider_error");
+    CHECK(b.control("GET", "/control/requests")["count"] == 0);  // the refresh token stayed put
+  }
+  CHECK(a.control("GET", "/control/requests")["processed"] == 3);
+  CHECK(db.query_text("SELECT status || ' ' || token_version FROM connections WHERE id = 'c1'") ==
+        "active 1");
+  const auto events = t.call("GET", "/v1/connections/c1/events", key).json()["items"];
+  REQUIRE(events.size() == 4);  // imported + three provider_error
+  CHECK(events[0]["outcome"] == "provider_error");
+  CHECK(events[0]["http_status"] == 308);
+}
+
+TEST_CASE("a refused connect and a failed DNS lookup are transient, never sent",
+          "[refresh_hygiene]") {
+  scratch_database db;
+  tokend_process t(db.url(),
+                   {{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}, {"TOKEND_REQUEST_TIMEOUT", "4"}});
+  const auto key = t.tenant_key("acme");
+  // Port 1 on loopback refuses; `.invalid` never resolves (RFC 6761).
+  put_provider(t, key, "refused", "http://127.0.0.1:1/oauth/token");
+  put_provider(t, key, "nodns", "http://token.tokend-test.invalid/oauth/token");
+  for (const auto* p : {"refused", "nodns"}) {
+    INFO(p);
+    const std::string id = std::string("c-") + p;
+    REQUIRE(t.call("PUT", "/v1/connections/" + id, key,
+                   json{{"provider", p},
+                        {"access_token", "at"},
+                        {"refresh_token", "rt"},
+                        {"expires_at", kPast}})
+                .status == 201);
+    auto r = t.call("GET", "/v1/tokens/" + id, key);
+    CHECK(r.status == 503);
+    CHECK(r.json()["code"] == "provider_unavailable");
+    CHECK(!r.header("retry-after").empty());
+    const auto events = t.call("GET", "/v1/connections/" + id + "/events", key).json()["items"];
+    REQUIRE(events.size() >= 2);
+    CHECK(events[0]["outcome"] == "transient");  // not in_doubt: nothing was sent
+    CHECK(events[0]["http_status"].is_null());
+    for (const auto& e : events) CHECK(e["outcome"] != "in_doubt");
+    CHECK(db.query_text("SELECT status || ' ' || token_version FROM connections WHERE id = '" + id +
+                        "'") == "active 1");
+  }
+}
