@@ -460,6 +460,40 @@ TEST_CASE("min_ttl: out of range is 400; half the issued lifetime caps it", "[re
   CHECK(r.provider_calls() == 0);
 }
 
+TEST_CASE(
+    "a token not yet expired but below min(min_ttl, half its lifetime) is refreshed; "
+    "a transient failure then serves it with refresh_deferred",
+    "[refresh_faults]") {
+  rig r(std::map<std::string, std::string>{{"TOKEND_CACHE", "off"}});
+  r.import("c1", json{{"expires_at", nullptr}, {"expires_in", 3600}});
+  r.import("c2", json{{"expires_at", nullptr}, {"expires_in", 3600}});
+  // Issued for 3600 s, 200 s left: min(300, 1800) = 300 s wanted, so due; min_ttl=100 is not.
+  pqxx::connection c(r.db.url());
+  pqxx::nontransaction tx(c);
+  tx.exec("UPDATE connections SET access_expires_at = now() + interval '200 seconds'");
+  auto res = r.get("c1", "?min_ttl=100");
+  REQUIRE(res.status == 200);
+  CHECK(res.json()["access_token"] == "old-access-c1");
+  CHECK(r.provider_calls() == 0);  // the precondition: 200 s left is fresh for min_ttl=100
+  res = r.get("c1", "?min_ttl=300");
+  REQUIRE(res.status == 200);
+  CHECK(res.json()["access_token"] == "fake-at-1");
+  CHECK(res.json()["token_version"] == 2);
+  CHECK(!res.json().contains("refresh_deferred"));
+  CHECK(r.provider_calls() == 1);
+  CHECK(r.events("c1")[0]["trigger"] == "on_demand");
+
+  // The same for c2 while the provider is down: the unexpired token, marked deferred.
+  r.script(json::array({{{"status", 503}, {"repeat", 10}}}));
+  res = r.get("c2", "?min_ttl=300");
+  REQUIRE(res.status == 200);
+  CHECK(res.json()["access_token"] == "old-access-c2");
+  CHECK(res.json()["refresh_deferred"] == true);
+  CHECK(res.json()["token_version"] == 1);
+  CHECK(r.events("c2")[0]["outcome"] == "transient");
+  CHECK(r.stored_refresh("c2") == std::optional<std::string>("old-refresh-c2"));
+}
+
 TEST_CASE("the outbound address rule refuses loopback token endpoints at connect time",
           "[refresh_faults]") {
   scratch_database db;
