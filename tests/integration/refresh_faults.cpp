@@ -4,6 +4,7 @@
 #include <future>
 #include <pqxx/pqxx>
 #include <set>
+#include <thread>
 
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
@@ -447,6 +448,39 @@ TEST_CASE("forced refresh: at most one provider call per minimum interval", "[re
   CHECK(second.json()["token_version"] == 2);  // a GET within the interval
   CHECK(r.provider_calls() == 1);
   CHECK(r.events("c1")[0]["trigger"] == "forced");
+}
+
+TEST_CASE(
+    "forced refresh: allowed again after the interval; on-demand and conditional "
+    "refreshes do not start the interval",
+    "[refresh_faults]") {
+  rig r(std::map<std::string, std::string>{{"TOKEND_FORCE_REFRESH_MIN_INTERVAL", "2"}});
+  r.import("c1", json{{"expires_at", nullptr}, {"expires_in", 3600}});
+  REQUIRE(r.post_refresh("c1").json()["token_version"] == 2);
+  REQUIRE(r.post_refresh("c1").json()["token_version"] == 2);  // within 2 s: no call
+  REQUIRE(r.provider_calls() == 1);
+  std::this_thread::sleep_for(2500ms);
+  auto after = r.post_refresh("c1");
+  REQUIRE(after.status == 200);
+  CHECK(after.json()["token_version"] == 3);
+  CHECK(r.provider_calls() == 2);
+
+  // An on-demand refresh (an expired import) and a conditional one leave no interval behind:
+  // a forced refresh right after each still goes to the provider.
+  r.import("c2");  // expired
+  REQUIRE(r.get("c2").json()["token_version"] == 2);
+  REQUIRE(r.provider_calls() == 3);
+  auto forced = r.post_refresh("c2");
+  CHECK(forced.json()["token_version"] == 3);
+  CHECK(r.provider_calls() == 4);
+  r.import("c3", json{{"expires_at", nullptr}, {"expires_in", 3600}});
+  REQUIRE(r.post_refresh("c3", R"({"if_token_version":1})").json()["token_version"] == 2);
+  REQUIRE(r.provider_calls() == 5);
+  CHECK(r.events("c3")[0]["trigger"] == "conditional");
+  forced = r.post_refresh("c3");
+  CHECK(forced.json()["token_version"] == 3);
+  CHECK(r.provider_calls() == 6);
+  CHECK(r.events("c3")[0]["trigger"] == "forced");
 }
 
 TEST_CASE("min_ttl: out of range is 400; half the issued lifetime caps it", "[refresh_faults]") {
