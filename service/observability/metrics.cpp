@@ -107,6 +107,10 @@ struct metrics::impl {
 
 metrics::metrics() : impl_(std::make_unique<impl>()) {
   impl_->build.Add({{"version", TOKEND_VERSION}}).Set(1);
+  // Label-less series exist from the start, so a scrape (and an alert) never mistakes "not
+  // yet observed" for "missing".
+  impl_->reconnects.Add({});
+  impl_->listener.Add({}).Set(0);
 }
 metrics::~metrics() = default;
 

@@ -226,7 +226,8 @@ double metric_value(const std::string& text, const std::string& series) {
   while (std::getline(in, line)) {
     if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
   }
-  return 0;
+  // A missing series is not 0: a renamed metric or label must fail the test that reads it.
+  throw std::runtime_error("metric series not exported: " + series);
 }
 
 }  // namespace tokend::test

@@ -131,7 +131,8 @@ void seed_connections(const std::string& db_url, const std::string& tenant,
                       const std::string& provider, int count,
                       const std::function<std::string(int)>& access);
 
-// The value of one sample in Prometheus text (`name{labels}` exactly as printed), or 0.
+// The value of one sample in Prometheus text (`name{labels}` exactly as printed); throws
+// (failing the test) when the series is not there: a missing series is never read as 0.
 double metric_value(const std::string& metrics_text, const std::string& series);
 
 // Extracts "address":"host:port" from the log line whose msg is `msg`.
