@@ -16,8 +16,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kPast = "2020-01-01T00:00:00Z";
-
 std::map<std::string, std::string> env(std::map<std::string, std::string> extra = {}) {
   extra.emplace("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1");
   return extra;
@@ -26,12 +24,7 @@ std::map<std::string, std::string> env(std::map<std::string, std::string> extra 
 std::string setup(const tokend_process& t, const node_peer& fake) {
   auto key = t.tenant_key("acme");
   put_provider(t, key, "idp", fake.url("/token"));
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "old-at"},
-                      {"refresh_token", "old-rt"},
-                      {"expires_at", kPast}})
-              .status == 201);
+  REQUIRE(import_connection(t, key, "c1", "idp", "old-at", "old-rt") == 201);
   return key;
 }
 

@@ -219,12 +219,7 @@ TEST_CASE("the write fails after the provider answered: 503 unavailable, stored 
   put_provider(t, key, "idp", fake.url("/token"));
   // Valid for an hour: a forced refresh's transient fallback would be this old token with
   // refresh_deferred.
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "old-at"},
-                      {"refresh_token", "old-rt"},
-                      {"expires_in", 3600}})
-              .status == 201);
+  REQUIRE(import_connection(t, key, "c1", "idp", "old-at", "old-rt", 3600) == 201);
   fake.control("POST", "/control/script",
                json{{"steps", {{{"hold", "db-down"}, {"default", true}}}}});
   auto pending = std::async(std::launch::async, [&] {
@@ -266,12 +261,7 @@ TEST_CASE("503 then invalid_grant: the grant was revoked, not a lost rotation", 
   tokend_process t(db.url(), env());
   auto key = t.tenant_key("acme");
   put_provider(t, key, "idp", fake.url("/token"));
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "old-at"},
-                      {"refresh_token", "old-rt"},
-                      {"expires_at", kPast}})
-              .status == 201);
+  REQUIRE(import_connection(t, key, "c1", "idp", "old-at", "old-rt") == 201);
   fake.control(
       "POST", "/control/script",
       json{{"steps",
@@ -300,12 +290,7 @@ TEST_CASE("a conditional refresh joining a forced flight that falls back is not 
   tokend_process t(db.url(), env({{"TOKEND_FORCE_REFRESH_MIN_INTERVAL", "300"}}));
   auto key = t.tenant_key("acme");
   put_provider(t, key, "idp", fake.url("/token"));
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "old-at"},
-                      {"refresh_token", "old-rt"},
-                      {"expires_in", 3600}})
-              .status == 201);
+  REQUIRE(import_connection(t, key, "c1", "idp", "old-at", "old-rt", 3600) == 201);
   // A forced refresh: version 2, and the forced-refresh interval starts.
   auto forced = t.call("POST", "/v1/tokens/c1/refresh", key);
   REQUIRE(forced.status == 200);
@@ -402,12 +387,7 @@ TEST_CASE("a lost COMMIT acknowledgement of a write that landed is recognised, n
   tokend_process t(db.url(), env({{"TOKEND_TEST_LOSE_COMMIT_ACK", "on"}}));
   auto key = t.tenant_key("acme");
   put_provider(t, key, "idp", fake.url("/token"));
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "old-at"},
-                      {"refresh_token", "old-rt"},
-                      {"expires_at", kPast}})
-              .status == 201);
+  REQUIRE(import_connection(t, key, "c1", "idp", "old-at", "old-rt") == 201);
   auto r = get_token(t, key, "c1");
   INFO(r.body);
   REQUIRE(r.status == 200);

@@ -8,8 +8,6 @@ using nlohmann::json;
 
 namespace {
 
-const std::string kPast = "2020-01-01T00:00:00Z";
-
 // "http://127.0.0.1:PORT" of a peer, as url_origin writes it.
 std::string origin_of(const node_peer& p) { return "http://" + p.address(); }
 
@@ -27,15 +25,8 @@ TEST_CASE("a connection imported under origin A is never refreshed at origin B",
             {"client_secret", "secret-for-a"},
             {"token_url", a.url("/oauth/token")}};
   REQUIRE(t.call("PUT", "/v1/providers/idp", key, prov).status == 201);
-  // Imports connection `id` with an expired access token; returns the status.
   const auto import = [&](const std::string& id, const std::string& at, const std::string& rt) {
-    return t
-        .call("PUT", "/v1/connections/" + id, key,
-              json{{"provider", "idp"},
-                   {"access_token", at},
-                   {"refresh_token", rt},
-                   {"expires_at", kPast}})
-        .status;
+    return import_connection(t, key, id, "idp", at, rt);
   };
   REQUIRE(import("c1", "at-a", "rt-issued-by-a") == 201);
   CHECK(db.query_text("SELECT token_origin FROM connections WHERE id = 'c1'") == origin_of(a));
@@ -106,12 +97,7 @@ TEST_CASE("a redirect from the token endpoint is not followed", "[refresh_hygien
   tokend_process t(db.url(), {{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}});
   const auto key = t.tenant_key("acme");
   put_provider(t, key, "idp", a.url("/oauth/token"));
-  REQUIRE(t.call("PUT", "/v1/connections/c1", key,
-                 json{{"provider", "idp"},
-                      {"access_token", "at-1"},
-                      {"refresh_token", "rt-1"},
-                      {"expires_at", kPast}})
-              .status == 201);
+  REQUIRE(import_connection(t, key, "c1", "idp", "at-1", "rt-1") == 201);
   for (int status : {302, 307, 308}) {
     INFO(status);
     a.control("POST", "/control/script",
@@ -143,12 +129,7 @@ TEST_CASE("a refused connect and a failed DNS lookup are transient, never sent",
   for (const auto* p : {"refused", "nodns"}) {
     INFO(p);
     const std::string id = std::string("c-") + p;
-    REQUIRE(t.call("PUT", "/v1/connections/" + id, key,
-                   json{{"provider", p},
-                        {"access_token", "at"},
-                        {"refresh_token", "rt"},
-                        {"expires_at", kPast}})
-                .status == 201);
+    REQUIRE(import_connection(t, key, id, p, "at", "rt") == 201);
     auto r = t.call("GET", "/v1/tokens/" + id, key);
     CHECK(r.status == 503);
     CHECK(r.json()["code"] == "provider_unavailable");

@@ -92,6 +92,18 @@ std::string numbered(std::string_view prefix, long long n) {
   return s;
 }
 
+int import_connection(const tokend_process& t, const std::string& key, const std::string& id,
+                      const std::string& provider, const std::string& at, const std::string& rt,
+                      long long expires_in) {
+  nlohmann::json body{{"provider", provider}, {"access_token", at}, {"refresh_token", rt}};
+  if (expires_in > 0) {
+    body["expires_in"] = expires_in;
+  } else {
+    body["expires_at"] = "2020-01-01T00:00:00Z";
+  }
+  return t.call("PUT", "/v1/connections/" + id, key, body).status;
+}
+
 std::string scratch_database::query_text(const std::string& sql) const {
   pqxx::connection c(url_);
   pqxx::nontransaction tx(c);

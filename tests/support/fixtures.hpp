@@ -110,6 +110,13 @@ class node_peer {
   std::string address_;
 };
 
+// PUT /v1/connections/{id} of `provider` with access token `at` and refresh token `rt`, expired
+// (expires_at 2020-01-01) when `expires_in` is 0, else valid for `expires_in` seconds; returns
+// the status.
+int import_connection(const tokend_process& t, const std::string& key, const std::string& id,
+                      const std::string& provider, const std::string& at, const std::string& rt,
+                      long long expires_in = 0);
+
 // PUTs an oauth2 provider `id` (client "c", secret "s", `token_url`) for the key's tenant, with
 // `extra` fields merged in; REQUIREs 201.
 void put_provider(const tokend_process& t, const std::string& key, const std::string& id,
