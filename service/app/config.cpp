@@ -77,6 +77,10 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
     return fail("TOKEND_DATABASE_URL", "is required (a libpq URI, e.g. postgresql:///tokend)");
   }
 
+  if (auto v = get("TOKEND_LISTENER_DATABASE_URL"); v && !v->empty()) {
+    c.listener_database_url = *v;
+  }
+
   if (auto v = get("TOKEND_LISTEN")) {
     if (!parse_host_port(*v, c.listen_host, c.listen_port)) {
       return fail("TOKEND_LISTEN", "must be host:port with a port 0..65535, got '" + *v + "'");

@@ -16,6 +16,7 @@ using master_key = crypto::key_entry;  // kid + 32 raw bytes
 
 struct config {
   std::string database_url;
+  std::string listener_database_url;  // the LISTEN session's; empty: database_url
   std::string listen_host = "127.0.0.1";
   unsigned short listen_port = 8080;
   std::optional<std::string> metrics_host;

@@ -85,14 +85,21 @@ int serve(const config& c) {
                         .test_insert_delay = c.test_cache_insert_delay},
                        &metrics);
   // Caches are used only while the listener is up; a (re)connect flushes them.
+  // The heartbeat goes through the main URL and comes back through the listener's: caches are
+  // trusted only while it arrives on time (store/change_listener.hpp).
   store::change_listener listener(
-      store::with_connection_params(c.database_url, app_name("listener"), std::chrono::seconds(5)),
+      {.listen_conninfo = c.listener_database_url.empty() ? c.database_url
+                                                          : c.listener_database_url,
+       .heartbeat_conninfo = c.database_url,
+       .application_name = app_name("listener"),
+       .heartbeat_application_name = app_name("heartbeat")},
       [&](const std::string& payload) { caches.invalidate(payload); },
       [&](bool up) {
         if (!up) caches.state().set_up(false);
         caches.flush();
         if (up) caches.state().set_up(true);
       },
+      [&](std::chrono::steady_clock::time_point until) { caches.state().trust_until(until); },
       &metrics);
   if (c.cache) listener.start();
   oauth::http_client outbound({.allow_insecure = c.allow_insecure_provider_urls});

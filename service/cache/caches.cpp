@@ -15,16 +15,35 @@ std::size_t coherence::stripe_of(std::string_view key) {
   return std::hash<std::string_view>{}(key) % kStripes;
 }
 
+namespace {
+long long steady_ns(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+}  // namespace
+
+void coherence::trust_until(std::chrono::steady_clock::time_point t) {
+  const long long ns = steady_ns(t);
+  auto cur = trusted_until_ns_.load();
+  // The first call replaces the "no limit" default; later ones only move forward.
+  while ((cur == std::numeric_limits<long long>::max() || cur < ns) &&
+         !trusted_until_ns_.compare_exchange_weak(cur, ns)) {
+  }
+}
+
+bool coherence::up() const {
+  return up_.load() && steady_ns(std::chrono::steady_clock::now()) < trusted_until_ns_.load();
+}
+
 coherence::ticket coherence::begin(std::string_view key) const {
   const auto s = stripe_of(key);
   // Order: read `up` and the epoch before the stripe, so a reset racing with us is seen.
-  const bool up = up_.load();
+  const bool up = this->up();
   const auto epoch = epoch_.load();
   return {epoch, stripes_[s].load(), s, up};
 }
 
 bool coherence::still_valid(const ticket& t) const {
-  return t.valid && up_.load() && epoch_.load() == t.epoch &&
+  return t.valid && up() && epoch_.load() == t.epoch &&
          stripes_[t.stripe].load() == t.stripe_generation;
 }
 

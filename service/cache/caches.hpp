@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -51,13 +52,19 @@ class coherence {
   // Listener (re)connected or went down: every outstanding ticket becomes invalid.
   void bump_epoch();
   void set_up(bool up) { up_.store(up); }
-  bool up() const { return up_.load(); }
+  // The listener's heartbeat vouches that no change is missed until `t` (steady clock); past
+  // it the caches are bypassed until the next heartbeat. Only moves forward. Without a call
+  // (no heartbeat) there is no such limit.
+  void trust_until(std::chrono::steady_clock::time_point t);
+  // Listener up and its heartbeat on time: entries may be served and inserted.
+  bool up() const;
 
  private:
   static constexpr std::size_t kStripes = 4096;
   static std::size_t stripe_of(std::string_view key);
   std::atomic<std::uint64_t> epoch_{0};
   std::atomic<bool> up_{false};
+  std::atomic<long long> trusted_until_ns_{std::numeric_limits<long long>::max()};
   std::array<std::atomic<std::uint64_t>, kStripes> stripes_{};
 };
 

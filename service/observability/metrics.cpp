@@ -92,7 +92,14 @@ struct metrics::impl {
   prometheus::Family<prometheus::Gauge>& listener =
       prometheus::BuildGauge()
           .Name("tokend_listener_up")
-          .Help("1 while the change listener is connected (caches are in use)")
+          .Help("1 while the change listener is connected and its heartbeat is on time (caches "
+                "are in use)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& heartbeat_late =
+      prometheus::BuildCounter()
+          .Name("tokend_listener_heartbeat_late_total")
+          .Help("Times the listener's heartbeat missed its deadline (caches bypassed until it "
+                "arrives or the connection is replaced)")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& jobs =
       prometheus::BuildCounter()
@@ -111,6 +118,7 @@ metrics::metrics() : impl_(std::make_unique<impl>()) {
   // yet observed" for "missing".
   impl_->reconnects.Add({});
   impl_->listener.Add({}).Set(0);
+  impl_->heartbeat_late.Add({});
 }
 metrics::~metrics() = default;
 
@@ -209,6 +217,9 @@ prometheus::Gauge& metrics::cache_entries(std::string_view cache) {
 }
 prometheus::Counter& metrics::listener_reconnects() { return impl_->reconnects.Add({}); }
 prometheus::Gauge& metrics::listener_up() { return impl_->listener.Add({}); }
+prometheus::Counter& metrics::listener_heartbeat_late() {
+  return impl_->heartbeat_late.Add({});
+}
 prometheus::Counter& metrics::db_jobs(std::string_view origin) {
   return impl_->jobs.Add({{"origin", std::string(origin)}});
 }

@@ -41,6 +41,7 @@ class metrics {
   prometheus::Gauge& cache_entries(std::string_view cache);
   prometheus::Counter& listener_reconnects();
   prometheus::Gauge& listener_up();
+  prometheus::Counter& listener_heartbeat_late();
   prometheus::Counter& db_jobs(std::string_view origin);
 
   std::string serialize() const;

@@ -30,9 +30,11 @@ bool is_connection_loss(const pqxx::sql_error& e) {
 
 }  // namespace
 
-std::string with_connection_params(const std::string& conninfo, std::string_view application_name,
-                                   std::chrono::seconds connect_timeout) {
-  const std::vector<std::pair<std::string, std::string>> params = {
+std::string with_connection_params(
+    const std::string& conninfo, std::string_view application_name,
+    std::chrono::seconds connect_timeout,
+    const std::vector<std::pair<std::string, std::string>>& extra) {
+  std::vector<std::pair<std::string, std::string>> params = {
       {"connect_timeout", std::to_string(connect_timeout.count())},
       {"keepalives", "1"},
       {"keepalives_idle", "30"},
@@ -40,6 +42,7 @@ std::string with_connection_params(const std::string& conninfo, std::string_view
       {"keepalives_count", "3"},
       {"application_name", std::string(application_name)},
   };
+  params.insert(params.end(), extra.begin(), extra.end());
   const bool uri = conninfo.rfind("postgresql://", 0) == 0 || conninfo.rfind("postgres://", 0) == 0;
   std::string out = conninfo;
   for (const auto& [k, v] : params) {

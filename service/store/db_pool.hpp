@@ -10,6 +10,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 #include <type_traits>
 
 namespace pqxx {
@@ -38,10 +40,13 @@ struct pool_options {
   std::string application_name = {};
 };
 
-// Adds libpq parameters (connect_timeout, TCP keepalives, application_name) to a conninfo
-// given as a URI or as key=value pairs. Pure; thread-safe.
-std::string with_connection_params(const std::string& conninfo, std::string_view application_name,
-                                   std::chrono::seconds connect_timeout);
+// Adds libpq parameters (connect_timeout, TCP keepalives, application_name, then `extra`) to a
+// conninfo given as a URI or as key=value pairs; a parameter the conninfo already sets is kept.
+// Pure; thread-safe.
+std::string with_connection_params(
+    const std::string& conninfo, std::string_view application_name,
+    std::chrono::seconds connect_timeout,
+    const std::vector<std::pair<std::string, std::string>>& extra = {});
 
 // Counts one SQL statement for the metrics, attributed to the origin of the running job.
 void count_statement();

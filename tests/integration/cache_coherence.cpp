@@ -153,6 +153,89 @@ TEST_CASE("a terminated listener reconnects, flushes, and caching resumes", "[ca
   CHECK(listener_pid(r.db.url()) != 0);
 }
 
+TEST_CASE("a frozen listener connection is noticed: changes elsewhere are refused within 1 s",
+          "[cache_coherence]") {
+  // Only B's LISTEN session goes through the proxy; its heartbeat and pools connect directly.
+  scratch_database db;
+  node_peer proxy("tcp-proxy.mjs", {"--target-path", db.socket_dir() + "/.s.PGSQL.5432"});
+  const auto proxied = proxy.control("GET", "/control/info")["proxy"].get<std::string>();
+  node_peer fake{"fake-token-endpoint.mjs"};
+  const std::map<std::string, std::string> insecure{{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}};
+  tokend_process a(db.url(), insecure);
+  auto b_env = insecure;
+  b_env["TOKEND_LISTENER_DATABASE_URL"] = "postgresql://postgres@" + proxied + "/" + db.name();
+  tokend_process b(db.url(), b_env);
+  const auto key = a.tenant_key("acme");
+  put_provider(a, key, "idp", fake.url("/token"));
+  import_connection(a, key, "c1", "idp", "at-1", "rt-1", 3600);
+  auto k2 = a.call("POST", "/v1/tenants/acme/api-keys", kTestAdminToken,
+                   json{{"name", "k2"}, {"scopes", {"tokens:read"}}})
+                .json();
+  const auto revoked = k2["key"].get<std::string>();
+  auto metric = [&](const std::string& series) {
+    return metric_value(b.get("/metrics").body, series);
+  };
+  const std::string hits = "tokend_cache_events_total{kind=\"hit\"}";
+  const std::string sql = "tokend_sql_statements_total{origin=\"request\"}";
+
+  REQUIRE(eventually([&] { return metric("tokend_listener_up") == 1; }, 10s));
+  REQUIRE(proxy.control("GET", "/control/info")["connections"].get<int>() >= 1);
+  // Precondition: B serves c1 and both keys from its caches (hits grow, no SQL is executed).
+  REQUIRE(eventually(
+      [&] {
+        const auto h = metric(hits), q = metric(sql);
+        const bool ok = b.call("GET", "/v1/tokens/c1", key).status == 200 &&
+                        b.call("GET", "/v1/tokens/c1", revoked).status == 200;
+        return ok && metric(sql) == q && metric(hits) >= h + 4;
+      },
+      5s));
+  const auto late = metric("tokend_listener_heartbeat_late_total");
+
+  proxy.control("POST", "/control/freeze");
+  REQUIRE(a.call("DELETE", "/v1/tenants/acme/api-keys/" + k2["id"].get<std::string>(),
+                 kTestAdminToken)
+              .status == 204);
+  REQUIRE(a.call("DELETE", "/v1/connections/c1", key).status == 204);
+  const auto changed = std::chrono::steady_clock::now();
+  CHECK(eventually(
+      [&] {
+        return b.call("GET", "/v1/tokens/c1", revoked).status == 401 &&
+               b.call("GET", "/v1/tokens/c1", key).status == 404;
+      },
+      1s));
+  INFO("refused after " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now() - changed)
+                               .count()
+                        << " ms");
+  CHECK(std::chrono::steady_clock::now() - changed < 1500ms);
+  // It was the heartbeat that noticed: the notifications themselves are stuck in the proxy.
+  // (The listener thread looks every 100 ms; the hot path checks the deadline itself.)
+  CHECK(eventually(
+      [&] {
+        return metric("tokend_listener_heartbeat_late_total") > late &&
+               metric("tokend_listener_up") == 0;
+      },
+      1s));
+  for (int i = 0; i < 3; ++i) {
+    CHECK(b.call("GET", "/v1/tokens/c1", revoked).status == 401);
+    CHECK(b.call("GET", "/v1/tokens/c1", key).status == 404);
+  }
+
+  proxy.control("POST", "/control/thaw");
+  // Caching resumes (after the held-back bytes arrive or the listener reconnects).
+  import_connection(a, key, "c2", "idp", "at-2", "rt-2", 3600);
+  CHECK(eventually(
+      [&] {
+        const auto h = metric(hits);
+        return metric("tokend_listener_up") == 1 &&
+               b.call("GET", "/v1/tokens/c2", key).json()["access_token"] == "at-2" &&
+               metric(hits) >= h + 2;
+      },
+      15s));
+  CHECK(b.call("GET", "/v1/tokens/c1", key).status == 404);
+  CHECK(b.call("GET", "/v1/tokens/c1", revoked).status == 401);
+}
+
 TEST_CASE("a read delayed past a notification for its key never caches the old state",
           "[cache_coherence]") {
   // B waits 1.5 s between its database read and the cache insert; the change lands inside.

@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cache/caches.hpp"
 #include "core/model.hpp"
@@ -53,6 +55,36 @@ TEST_CASE("an insert is allowed only if nothing happened since the read began", 
 
   c.state().set_up(false);  // listener down: caches are bypassed
   CHECK(!c.get_token(key));
+}
+
+TEST_CASE("entries are served and inserted only until the heartbeat's deadline", "[cache]") {
+  using clock = std::chrono::steady_clock;
+  caches c({.enabled = true, .token_capacity = 10, .principal_capacity = 10}, nullptr);
+  const auto key = caches::token_key("t", "c1");
+  tokend::connection_record rec;
+  rec.id = "c1";
+  const auto v = render_token(rec, "at");
+  c.state().set_up(true);
+  c.state().trust_until(clock::now() + std::chrono::milliseconds(50));
+  c.put_token(key, c.state().begin(key), v);
+  REQUIRE(c.get_token(key) == v);  // precondition: cached and served
+  const auto ticket = c.state().begin(key);
+  c.state().trust_until(clock::now() - std::chrono::seconds(1));  // an older vouch: no effect
+  CHECK(c.get_token(key) == v);
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(80));
+  CHECK(!c.state().up());
+  CHECK(!c.get_token(key));  // past the deadline: bypassed
+  const auto silent = c.state().begin(key);
+  CHECK(!silent.valid);
+  c.put_token(caches::token_key("t", "c2"), silent, v);  // a read that began in the silence
+  c.put_token(caches::token_key("t", "c3"), ticket, v);  // a read whose insert came too late
+
+  c.state().trust_until(clock::now() + std::chrono::hours(1));  // the next heartbeat arrives
+  CHECK(c.state().up());
+  CHECK(c.get_token(key) == v);  // caught up again: the entry was never contradicted
+  CHECK(!c.get_token(caches::token_key("t", "c2")));
+  CHECK(!c.get_token(caches::token_key("t", "c3")));
 }
 
 TEST_CASE("disabled caches never store", "[cache]") {

@@ -18,6 +18,7 @@ TEST_CASE("defaults follow the contract", "[config]") {
   CHECK(r.cfg->listen_port == 8080);
   CHECK(r.cfg->public_url == "http://127.0.0.1:8080");
   CHECK(r.cfg->db_pool_size == 8);
+  CHECK(r.cfg->listener_database_url.empty());  // the listener uses TOKEND_DATABASE_URL
   CHECK(r.cfg->refresh_pool_size == 16);
   CHECK(r.cfg->request_timeout.count() == 15);
   CHECK(r.cfg->force_refresh_min_interval.count() == 10);
@@ -66,4 +67,14 @@ TEST_CASE("out of range values name their variable", "[config]") {
     REQUIRE(r.error);
     CHECK(r.error->variable == k);
   }
+}
+
+TEST_CASE("TOKEND_LISTENER_DATABASE_URL gives the listener its own URL", "[config]") {
+  auto r = parse_config({{"TOKEND_DATABASE_URL", "postgresql://pooler/x"},
+                         {"TOKEND_LISTENER_DATABASE_URL", "postgresql://direct/x"},
+                         {"TOKEND_MASTER_KEYS", "k1:" + kKey}},
+                        needs::serving);
+  REQUIRE(r.cfg);
+  CHECK(r.cfg->database_url == "postgresql://pooler/x");
+  CHECK(r.cfg->listener_database_url == "postgresql://direct/x");
 }
