@@ -77,7 +77,11 @@ bool is_public_address(const asio::ip::address& a) {
 using tls_stream = beast::ssl_stream<beast::tcp_stream>;
 
 // One open connection to a provider host; exactly one of the two streams is set.
+// All of its I/O, and the stream's timer, run on `strand`: on a multi-threaded io_context the
+// tcp_stream's timeout handler (which cancels the socket) must not run beside a read.
 struct connection {
+  explicit connection(asio::any_io_executor s) : strand(std::move(s)) {}
+  asio::any_io_executor strand;
   std::unique_ptr<beast::tcp_stream> plain;
   std::unique_ptr<tls_stream> tls;
   steady::time_point idle_since{};
@@ -212,73 +216,86 @@ asio::awaitable<http_result> http_client::request(
     }
   };
 
+  auto connect_and_exchange = [&](asio::any_io_executor strand) -> asio::awaitable<void> {
+    auto ex = strand;
+    tcp::resolver resolver(ex);
+    asio::steady_timer timer(ex);
+    timer.expires_after(until(deadline, opts_.resolve_timeout));
+    boost::system::error_code ec;
+    auto resolved =
+        co_await (resolver.async_resolve(host, port, asio::redirect_error(asio::use_awaitable, ec)) ||
+                  timer.async_wait(asio::use_awaitable));
+    if (resolved.index() == 1) {
+      out.error = "resolve: timed out";
+      co_return;
+    }
+    if (ec) {
+      out.error = "resolve: " + ec.message();
+      co_return;
+    }
+    std::vector<tcp::endpoint> endpoints;
+    for (const auto& entry : std::get<0>(resolved)) {
+      if (opts_.allow_insecure || is_public_address(entry.endpoint().address())) {
+        endpoints.push_back(entry.endpoint());
+      }
+    }
+    if (endpoints.empty()) {
+      out.refused = true;
+      out.error = "every resolved address breaks the outbound address rule";
+      co_return;
+    }
+
+    auto c = std::make_unique<connection>(strand);
+    beast::tcp_stream stream(ex);
+    stream.expires_after(until(deadline, opts_.connect_timeout));
+    co_await stream.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      out.error = "connect: " + ec.message();
+      co_return;
+    }
+    if (!tls) {
+      c->plain = std::make_unique<beast::tcp_stream>(std::move(stream));
+    } else {
+      c->tls = std::make_unique<tls_stream>(std::move(stream), impl_->tls);
+      if (!SSL_set_tlsext_host_name(c->tls->native_handle(), host.c_str())) {
+        out.error = "tls: cannot set SNI";
+        co_return;
+      }
+      c->tls->set_verify_callback(ssl::host_name_verification(host));
+      c->lowest().expires_after(until(deadline, opts_.tls_timeout));
+      co_await c->tls->async_handshake(ssl::stream_base::client,
+                                       asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        out.error = "tls handshake: " + ec.message();
+        co_return;
+      }
+    }
+    co_await run_exchange(*c);
+    // No TLS close_notify exchange when closing: a peer that skips it (stream_truncated) must not
+    // turn a complete answer into an error.
+    finish(std::move(c));
+  };
+
   // An idle connection to the same origin, when there is one. A failure on it is reported as
   // it is (a request that was written counts as sent): the engine treats it as in doubt rather
-  // than guess that the server had closed the idle connection first.
+  // than guess that the server had closed the idle connection first. The exchange runs on the
+  // connection's own strand.
   if (auto c = impl_->take(pool_key, opts_.max_idle)) {
     out.reused = true;
-    co_await run_exchange(*c);
-    finish(std::move(c));
+    auto strand = c->strand;
+    co_await asio::co_spawn(
+        strand,
+        [&]() -> asio::awaitable<void> {
+          co_await run_exchange(*c);
+          finish(std::move(c));
+        },
+        asio::use_awaitable);
     co_return out;
   }
 
-  auto ex = co_await asio::this_coro::executor;
-  tcp::resolver resolver(ex);
-  asio::steady_timer timer(ex);
-  timer.expires_after(until(deadline, opts_.resolve_timeout));
-  boost::system::error_code ec;
-  auto resolved =
-      co_await (resolver.async_resolve(host, port, asio::redirect_error(asio::use_awaitable, ec)) ||
-                timer.async_wait(asio::use_awaitable));
-  if (resolved.index() == 1) {
-    out.error = "resolve: timed out";
-    co_return out;
-  }
-  if (ec) {
-    out.error = "resolve: " + ec.message();
-    co_return out;
-  }
-  std::vector<tcp::endpoint> endpoints;
-  for (const auto& entry : std::get<0>(resolved)) {
-    if (opts_.allow_insecure || is_public_address(entry.endpoint().address())) {
-      endpoints.push_back(entry.endpoint());
-    }
-  }
-  if (endpoints.empty()) {
-    out.refused = true;
-    out.error = "every resolved address breaks the outbound address rule";
-    co_return out;
-  }
-
-  auto c = std::make_unique<connection>();
-  beast::tcp_stream stream(ex);
-  stream.expires_after(until(deadline, opts_.connect_timeout));
-  co_await stream.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) {
-    out.error = "connect: " + ec.message();
-    co_return out;
-  }
-  if (!tls) {
-    c->plain = std::make_unique<beast::tcp_stream>(std::move(stream));
-  } else {
-    c->tls = std::make_unique<tls_stream>(std::move(stream), impl_->tls);
-    if (!SSL_set_tlsext_host_name(c->tls->native_handle(), host.c_str())) {
-      out.error = "tls: cannot set SNI";
-      co_return out;
-    }
-    c->tls->set_verify_callback(ssl::host_name_verification(host));
-    c->lowest().expires_after(until(deadline, opts_.tls_timeout));
-    co_await c->tls->async_handshake(ssl::stream_base::client,
-                                     asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-      out.error = "tls handshake: " + ec.message();
-      co_return out;
-    }
-  }
-  co_await run_exchange(*c);
-  // No TLS close_notify exchange when closing: a peer that skips it (stream_truncated) must not
-  // turn a complete answer into an error.
-  finish(std::move(c));
+  // A new connection: resolve, connect, handshake and exchange on a strand of its own.
+  const asio::any_io_executor strand = asio::make_strand(co_await asio::this_coro::executor);
+  co_await asio::co_spawn(strand, connect_and_exchange(strand), asio::use_awaitable);
   co_return out;
 }
 

@@ -45,6 +45,20 @@ struct pair_rig {
   double metric(tokend_process& via, const std::string& series) {
     return metric_value(via.get("/metrics").body, series);
   }
+  // Precondition of every cross-instance check: `via` answers GET /v1/tokens/{id} with `k`
+  // from its caches (both the principal and the token hit, no SQL runs). The change's own
+  // NOTIFY may drop a just-cached entry once more, so settle first.
+  void require_cached(tokend_process& via, const std::string& id, const std::string& k = "") {
+    const std::string hits = "tokend_cache_events_total{kind=\"hit\"}";
+    const std::string sql = "tokend_sql_statements_total{origin=\"request\"}";
+    REQUIRE(eventually(
+        [&] {
+          const auto h = metric(via, hits), q = metric(via, sql);
+          return get(via, id, k).status == 200 && metric(via, sql) == q &&
+                 metric(via, hits) == h + 2;
+        },
+        5s));
+  }
 };
 
 int listener_pid(const std::string& url) {
@@ -88,8 +102,8 @@ TEST_CASE("a fresh-token GET from the cache executes no SQL", "[cache_coherence]
 TEST_CASE("changes on instance A reach instance B's caches within a second", "[cache_coherence]") {
   pair_rig r;
   r.import("c1", "at-1", *r.a);
-  REQUIRE(r.get(*r.b, "c1").json()["access_token"] == "at-1");  // cached on B
   REQUIRE(r.get(*r.b, "c1").json()["access_token"] == "at-1");
+  r.require_cached(*r.b, "c1");  // B now answers from its cache
 
   SECTION("refresh") {
     auto fr = r.a->call("POST", "/v1/tokens/c1/refresh", r.key, std::string("{}"));
@@ -118,8 +132,7 @@ TEST_CASE("changes on instance A reach instance B's caches within a second", "[c
                         json{{"name", "k2"}, {"scopes", {"tokens:read"}}})
                   .json();
     const auto secret = k2["key"].get<std::string>();
-    REQUIRE(r.get(*r.b, "c1", secret).status == 200);  // principal cached on B
-    REQUIRE(r.get(*r.b, "c1", secret).status == 200);
+    r.require_cached(*r.b, "c1", secret);  // the new key's principal is cached on B
     REQUIRE(r.a->call("DELETE", "/v1/tenants/acme/api-keys/" + k2["id"].get<std::string>(),
                       kTestAdminToken)
                 .status == 204);
@@ -246,18 +259,26 @@ TEST_CASE("a read delayed past a notification for its key never caches the old s
   auto delayed_get = [&](const std::string& id) {
     return std::async(std::launch::async, [&r, id] { return r.get(*r.b, id); });
   };
+  // Each section proves its window: the delayed GET answers the state from before the change
+  // (so its read began before it), and is still waiting when the change has committed (so its
+  // cache insert comes after it).
+  auto still_pending = [](std::future<http_reply>& f) {
+    return f.wait_for(0s) == std::future_status::timeout;
+  };
   SECTION("new version") {
     auto pending = delayed_get("c1");
     std::this_thread::sleep_for(400ms);
     r.import("c1", "at-2", *r.a);
-    CHECK(pending.get().json()["access_token"] == "at-1");  // read before the change
+    REQUIRE(still_pending(pending));
+    CHECK(pending.get().json()["access_token"] == "at-1");
     CHECK(r.get(*r.b, "c1").json()["access_token"] == "at-2");
   }
   SECTION("delete") {
     auto pending = delayed_get("c1");
     std::this_thread::sleep_for(400ms);
     REQUIRE(r.a->call("DELETE", "/v1/connections/c1", r.key).status == 204);
-    pending.get();
+    REQUIRE(still_pending(pending));
+    CHECK(pending.get().json()["access_token"] == "at-1");
     CHECK(r.get(*r.b, "c1").status == 404);
   }
   SECTION("needs_reauth") {
@@ -268,7 +289,8 @@ TEST_CASE("a read delayed past a notification for its key never caches the old s
     REQUIRE(
         r.a->call("POST", "/v1/tokens/c1/refresh", r.key, json{{"if_token_version", 1}}).status ==
         409);
-    pending.get();
+    REQUIRE(still_pending(pending));
+    CHECK(pending.get().json()["access_token"] == "at-1");
     CHECK(r.get(*r.b, "c1").status == 409);
   }
   SECTION("key revocation") {
@@ -282,6 +304,7 @@ TEST_CASE("a read delayed past a notification for its key never caches the old s
     REQUIRE(r.a->call("DELETE", "/v1/tenants/acme/api-keys/" + k2["id"].get<std::string>(),
                       kTestAdminToken)
                 .status == 204);
+    REQUIRE(still_pending(pending));
     CHECK(pending.get().status == 200);  // authenticated before the revocation
     CHECK(r.b->call("GET", "/v1/connections", secret).status == 401);
   }

@@ -138,14 +138,19 @@ tokend_process::tokend_process(const std::string& database_url,
       {"TOKEND_LISTEN", "127.0.0.1:0"},
       {"TOKEND_MASTER_KEYS", "test1:" + kTestMasterKeyB64},
       {"TOKEND_ADMIN_TOKEN", kTestAdminToken},
-      {"TOKEND_THREADS", "2"},
+      // TOKEND_TEST_THREADS: event-loop threads of every tokend a test starts (the tsan check
+      // runs with 4).
+      {"TOKEND_THREADS", std::getenv("TOKEND_TEST_THREADS") ? std::getenv("TOKEND_TEST_THREADS")
+                                                            : "2"},
       {"TOKEND_DB_POOL_SIZE", "4"},
       {"TOKEND_REFRESH_POOL_SIZE", "4"},
       {"TOKEND_LOG_FORMAT", "json"},
       {"TOKEND_ENVIRONMENT", "test"},
   };
   for (auto& [k, v] : env) full[k] = v;
-  std::vector<std::string> argv = {TOKEND_BINARY};
+  // TOKEND_TEST_BINARY: run another build of tokend (a sanitizer build) under these tests.
+  const char* binary = std::getenv("TOKEND_TEST_BINARY");
+  std::vector<std::string> argv = {binary && *binary ? binary : TOKEND_BINARY};
   argv.insert(argv.end(), args.begin(), args.end());
   proc_ = std::make_unique<child_process>(argv, full, dir_ + "/tokend.log");
   auto out = proc_->wait_for_output("\"msg\":\"listening\"", std::chrono::seconds(30));
