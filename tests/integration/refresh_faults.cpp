@@ -257,15 +257,27 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
     r.script(json::array({{{"truncate", true}}, {{"default", true}}}));
     auto res = r.get("c1");
     CHECK(res.status == 200);
-    auto ev = r.events("c1");
+    CHECK(res.json()["access_token"] == "fake-at-1");
+    auto ev = r.events("c1");  // newest first
+    REQUIRE(ev.size() == 3);
     CHECK(ev[0]["outcome"] == "refreshed");
     CHECK(ev[1]["outcome"] == "in_doubt");
+    CHECK(ev[2]["outcome"] == "imported");
+    CHECK(r.provider_calls() == 2);
+    CHECK(r.stored_refresh("c1") == std::optional<std::string>("fake-rt-1"));
   }
   SECTION("200 with a 1 MiB body is in_doubt and retried") {
     r.import("c1");
     r.script(json::array({{{"body_bytes", 1024 * 1024}}, {{"default", true}}}));
-    CHECK(r.get("c1").status == 200);
-    CHECK(r.events("c1")[1]["outcome"] == "in_doubt");
+    auto res = r.get("c1");
+    CHECK(res.status == 200);
+    CHECK(res.json()["access_token"] == "fake-at-1");
+    auto ev = r.events("c1");  // newest first
+    REQUIRE(ev.size() == 3);
+    CHECK(ev[0]["outcome"] == "refreshed");
+    CHECK(ev[1]["outcome"] == "in_doubt");
+    CHECK(ev[2]["outcome"] == "imported");
+    CHECK(r.stored_refresh("c1") == std::optional<std::string>("fake-rt-1"));
   }
   SECTION("200 with a refresh_token but no access_token stores the refresh token, answers 502") {
     r.import("c1");
@@ -292,8 +304,20 @@ TEST_CASE("each outcome row: answer, event, and nothing lost", "[refresh_faults]
                              {"token_type", "weird"}}}}}));
     auto res = r.get("c1");
     REQUIRE(res.status == 200);
+    CHECK(res.json()["access_token"] == "at");
     CHECK(res.json()["expires_in"].get<int>() > 3500);
     CHECK(res.json()["token_type"] == "Bearer");
+    CHECK(res.json()["token_version"] == 2);
+    // The odd answer is a success: the rotated refresh token is stored, one version later.
+    CHECK(r.stored_refresh("c1") == std::optional<std::string>("rt"));
+    CHECK(r.view("c1")["token_version"] == 2);
+    const auto ev = r.events("c1");  // newest first
+    REQUIRE(ev.size() == 2);
+    CHECK(ev[0]["outcome"] == "refreshed");
+    CHECK(ev[0]["token_version_before"] == 1);
+    CHECK(ev[0]["token_version_after"] == 2);
+    CHECK(ev[1]["outcome"] == "imported");
+    CHECK(r.provider_calls() == 1);
   }
   SECTION("invalid_client is 502 provider_config_error with a provider cool-down") {
     r.import("c1");
