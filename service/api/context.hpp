@@ -30,6 +30,7 @@ struct settings {
   std::string environment;
   std::string instance_id;
   bool allow_insecure_provider_urls = false;
+  std::string public_url;  // base of reauth links (no trailing slash)
 };
 
 struct context {

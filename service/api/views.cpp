@@ -50,8 +50,14 @@ nlohmann::json provider_view(const provider_record& p) {
 }
 
 nlohmann::json reauth_view(const connection_record& c) {
-  if (c.status != "needs_reauth") return nullptr;
-  return {{"reason", opt(c.reauth_reason)}, {"link_id", nullptr}, {"link_expires_at", nullptr}};
+  // An active connection shows `reauth` only while a link asks to widen its scopes.
+  if (c.status != "needs_reauth" && !c.open_link) return nullptr;
+  nlohmann::json reason = c.status == "needs_reauth" ? opt(c.reauth_reason) : nullptr;
+  if (reason.is_null() && c.open_link) reason = c.open_link->reason;
+  if (!c.open_link) return {{"reason", reason}, {"link_id", nullptr}, {"link_expires_at", nullptr}};
+  return {{"reason", reason},
+          {"link_id", c.open_link->id},
+          {"link_expires_at", format_rfc3339(c.open_link->expires_at)}};
 }
 
 nlohmann::json connection_view(const connection_record& c) {

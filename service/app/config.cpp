@@ -102,6 +102,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
     while (!c.public_url.empty() && c.public_url.back() == '/') c.public_url.pop_back();
   } else {
     c.public_url = "http://" + c.listen_host + ":" + std::to_string(c.listen_port);
+    c.public_url_from_listen = true;  // serve() uses the bound address (port 0 picks one)
   }
 
   if (auto v = get("TOKEND_MASTER_KEYS"); v && !v->empty()) {

@@ -22,6 +22,7 @@ struct config {
   std::optional<std::string> metrics_host;
   unsigned short metrics_port = 0;
   std::string public_url;  // defaults to http://{listen}
+  bool public_url_from_listen = false;  // TOKEND_PUBLIC_URL unset
   std::vector<master_key> master_keys;
   std::string admin_token;
   std::string environment = "development";

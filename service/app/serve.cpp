@@ -19,6 +19,7 @@
 #include "http/router.hpp"
 #include "http/server.hpp"
 #include "oauth/http_client.hpp"
+#include "reauth/flows.hpp"
 #include "observability/log.hpp"
 #include "observability/metrics.hpp"
 #include "refresh/engine.hpp"
@@ -73,10 +74,11 @@ int serve(const config& c) {
                             .request_timeout = c.request_timeout};
 
   const crypto::keyring keys(c.master_keys);
-  const api::settings api_settings{.admin_token = c.admin_token,
-                                   .environment = c.environment,
-                                   .instance_id = c.instance_id,
-                                   .allow_insecure_provider_urls = c.allow_insecure_provider_urls};
+  api::settings api_settings{.admin_token = c.admin_token,
+                             .environment = c.environment,
+                             .instance_id = c.instance_id,
+                             .allow_insecure_provider_urls = c.allow_insecure_provider_urls,
+                             .public_url = c.public_url};
   api::key_usage usage;
   const wall_clock clock;
   cache::caches caches({.enabled = c.cache,
@@ -112,6 +114,15 @@ int serve(const config& c) {
                           .test_lose_commit_ack = c.test_lose_commit_ack},
                          db, refresh_db, keys, outbound, metrics, clock, caches);
   api::context ctx{api_settings, db, keys, usage, clock, engine, caches};
+  // Browser-facing reauthorization (connect pages, OAuth callback): no API key.
+  reauth::flows reauth_flows(ioc.get_executor(),
+                             {.public_url = c.public_url,
+                              .instance_id = c.instance_id,
+                              .environment = c.environment,
+                              .allow_insecure = c.allow_insecure_provider_urls,
+                              .request_timeout = c.request_timeout,
+                              .answer_timeout = c.provider_answer_timeout},
+                             db, keys, outbound, clock, caches);
 
   http::router api_routes;
   api::register_ops(api_routes, db, metrics, !c.metrics_host.has_value());
@@ -119,12 +130,18 @@ int serve(const config& c) {
   api::register_providers(api_routes, ctx);
   api::register_connections(api_routes, ctx);
   api::register_tokens(api_routes, ctx);
+  api::register_reauth(api_routes, ctx);
+  reauth_flows.register_routes(api_routes);
   http::server api_server(ioc, opts, api_routes, access_log(metrics));
 
   http::router metrics_routes;
   std::unique_ptr<http::server> metrics_server;
   try {
     auto addr = api_server.listen(c.listen_host, c.listen_port);
+    if (c.public_url_from_listen) {
+      api_settings.public_url = "http://" + addr;
+      reauth_flows.set_public_url(api_settings.public_url);
+    }
     log::announce("listening", {{"address", addr}, {"version", TOKEND_VERSION}});
     if (c.metrics_host) {
       api::register_metrics(metrics_routes, metrics);
@@ -166,7 +183,8 @@ int serve(const config& c) {
           const auto deadline = std::chrono::steady_clock::now() + c.shutdown_grace;
           asio::steady_timer t(ioc);
           // Requests in flight finish; refreshes in flight run to their commit.
-          while ((api_server.active_requests() > 0 || engine.in_flight() > 0) &&
+          while ((api_server.active_requests() > 0 || engine.in_flight() > 0 ||
+                  reauth_flows.in_flight() > 0) &&
                  std::chrono::steady_clock::now() < deadline) {
             t.expires_after(std::chrono::milliseconds(20));
             co_await t.async_wait(asio::use_awaitable);

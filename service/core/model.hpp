@@ -78,6 +78,13 @@ struct sealed_tokens {
   std::optional<std::string> refresh_token_fp;
 };
 
+// The reauth link that is open for a connection (its id is shown, never its URL).
+struct open_link_ref {
+  std::string id;
+  sys_time expires_at;
+  std::string reason;
+};
+
 struct connection_record {
   std::string tenant_id;
   std::string id;
@@ -103,6 +110,8 @@ struct connection_record {
   // Origin (url_origin) of the token endpoint the refresh token was imported or obtained for:
   // a refresh is never sent anywhere else.
   std::string token_origin;
+  // Read-only: the newest unexpired link that is open, opened, declined or failed.
+  std::optional<open_link_ref> open_link;
 };
 
 struct event_record {

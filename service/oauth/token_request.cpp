@@ -22,12 +22,11 @@ std::string form_encode(std::string_view s) {
   return out;
 }
 
-form_request refresh_request(const provider_record& p, const std::string& refresh_token,
-                             const std::optional<std::string>& client_secret) {
-  form_request r;
-  r.url = p.token_url;
-  r.body = "grant_type=refresh_token&refresh_token=" + form_encode(refresh_token);
-  if (p.refresh_scope) r.body += "&scope=" + form_encode(*p.refresh_scope);
+namespace {
+
+// Client authentication per the provider's token_endpoint_auth_method (RFC 6749 2.3.1).
+void authenticate_client(form_request& r, const provider_record& p,
+                         const std::optional<std::string>& client_secret) {
   r.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
   r.headers.emplace_back("Accept", "application/json");
   if (p.auth_method == "client_secret_basic") {
@@ -40,6 +39,30 @@ form_request refresh_request(const provider_record& p, const std::string& refres
   } else {
     r.body += "&client_id=" + form_encode(p.client_id);  // public client
   }
+}
+
+}  // namespace
+
+form_request refresh_request(const provider_record& p, const std::string& refresh_token,
+                             const std::optional<std::string>& client_secret) {
+  form_request r;
+  r.url = p.token_url;
+  r.body = "grant_type=refresh_token&refresh_token=" + form_encode(refresh_token);
+  if (p.refresh_scope) r.body += "&scope=" + form_encode(*p.refresh_scope);
+  authenticate_client(r, p, client_secret);
+  return r;
+}
+
+form_request code_exchange_request(const provider_record& p, const std::string& code,
+                                   const std::string& redirect_uri,
+                                   const std::optional<std::string>& code_verifier,
+                                   const std::optional<std::string>& client_secret) {
+  form_request r;
+  r.url = p.token_url;
+  r.body = "grant_type=authorization_code&code=" + form_encode(code) +
+           "&redirect_uri=" + form_encode(redirect_uri);
+  if (code_verifier) r.body += "&code_verifier=" + form_encode(*code_verifier);
+  authenticate_client(r, p, client_secret);
   return r;
 }
 

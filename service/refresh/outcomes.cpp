@@ -30,7 +30,9 @@ api_error reauth_error(const connection_record& c) {
   const auto reason = c.reauth_reason.value_or("grant_revoked");
   api_error e(errc::reauth_required,
               "the connection needs reauthorization (" + reason + "); create a reauth link");
-  e.extra_json = json{{"reauth", {{"reason", reason}, {"link_id", nullptr}}}}.dump();
+  json link_id = nullptr;
+  if (c.open_link) link_id = c.open_link->id;
+  e.extra_json = json{{"reauth", {{"reason", reason}, {"link_id", link_id}}}}.dump();
   return e;
 }
 

@@ -4,77 +4,12 @@
 #include <pqxx/pqxx>
 
 #include "store/db_pool.hpp"
+#include "store/sql.hpp"
 
 namespace tokend::store {
 namespace {
 
-// Timestamps cross the boundary as integer microseconds since the epoch (exact both ways).
-#define TS(col) "(extract(epoch from " col ") * 1000000)::bigint"
-std::string ts_param(int n) {
-  return "('epoch'::timestamptz + $" + std::to_string(n) + "::bigint * interval '1 microsecond')";
-}
-
-template <class... Args>
-pqxx::result exec(tx_t& tx, const std::string& sql, Args&&... args) {
-  count_statement();
-  return tx.exec_params(sql, std::forward<Args>(args)...);
-}
-
-// Every row mapped with `to` (a row mapper such as to_connection).
-template <class To>
-auto all_rows(const pqxx::result& r, To to) {
-  std::vector<decltype(to(r[0]))> out;
-  out.reserve(r.size());
-  for (const auto& row : r) out.push_back(to(row));
-  return out;
-}
-
-// The first row mapped with `to`, or nullopt when there is none.
-template <class To>
-auto first_row(const pqxx::result& r, To to) -> std::optional<decltype(to(r[0]))> {
-  if (r.empty()) return std::nullopt;
-  return to(r[0]);
-}
-
-// The next value of `table`'s row_id sequence (row ids are bound into ciphertexts' AAD, so they
-// are taken before the row is written).
-long long next_row_id(tx_t& tx, const std::string& table) {
-  return exec(tx, "SELECT nextval(pg_get_serial_sequence($1, 'row_id'))", table)[0][0]
-      .as<long long>();
-}
-
-std::optional<long long> opt_us(const std::optional<sys_time>& t) {
-  if (!t) return std::nullopt;
-  return to_micros(*t);
-}
-
-sys_time ts(const pqxx::field& f) { return from_micros(f.as<long long>()); }
-std::optional<sys_time> opt_ts(const pqxx::field& f) {
-  if (f.is_null()) return std::nullopt;
-  return from_micros(f.as<long long>());
-}
-std::optional<std::string> opt_str(const pqxx::field& f) {
-  if (f.is_null()) return std::nullopt;
-  return f.as<std::string>();
-}
-std::optional<std::string> opt_bytes(const pqxx::field& f) {
-  if (f.is_null()) return std::nullopt;
-  return pqxx::binarystring(f).str();
-}
-std::vector<std::string> str_array(const pqxx::field& f) {  // selected as array_to_json(...)
-  return nlohmann::json::parse(f.c_str()).get<std::vector<std::string>>();
-}
-std::string json_array(const std::vector<std::string>& v) { return nlohmann::json(v).dump(); }
-const char* kArrayParam = "ARRAY(SELECT jsonb_array_elements_text($%d::jsonb))";
-std::string array_param(int n) {
-  char buf[96];
-  std::snprintf(buf, sizeof buf, kArrayParam, n);
-  return buf;
-}
-// A bytea parameter that may be NULL: pass "" for NULL (ciphertexts are never empty).
-pqxx::binarystring bytes(const std::optional<std::string>& s) {
-  return pqxx::binarystring(s ? *s : std::string());
-}
+using namespace sql;
 
 const std::string kKeyColumns = "tenant_id, id, key_hash, name, array_to_json(scopes)::text, " TS(
     "created_at") ", " TS("expires_at") ", " TS("last_used_at") ", " TS("revoked_at");
@@ -132,7 +67,12 @@ const std::string kConnectionColumns =
     "tenant_id, id, row_id, provider_id, status, token_version, key_id, access_token_ct, "
     "refresh_token_ct, access_token_fp, refresh_token_fp, token_type, scope, metadata::text, " TS(
         "access_expires_at") ", access_lifetime, " TS("refresh_expires_at") ", " TS(
-        "last_refreshed_at") ", last_error::text, reauth_reason, consecutive_failures, " TS("next_attempt_at") ", " TS("last_forced_refresh_at") ", " TS("created_at") ", " TS("updated_at") ", token_origin";
+        "last_refreshed_at") ", last_error::text, reauth_reason, consecutive_failures, " TS("next_attempt_at") ", " TS("last_forced_refresh_at") ", " TS("created_at") ", " TS("updated_at") ", token_origin, "
+    // The open reauth link, if any: the newest unexpired one not completed or superseded.
+    "(SELECT concat_ws(' ', l.id, " TS("l.expires_at") ", l.reason) FROM reauth_links l "
+    "WHERE l.tenant_id = connections.tenant_id AND l.connection_id = connections.id AND "
+    "l.status IN ('open', 'opened', 'declined', 'failed') AND l.expires_at > now() "
+    "ORDER BY l.created_at DESC, l.id DESC LIMIT 1)";
 
 connection_record to_connection(const pqxx::row& r) {
   connection_record c;
@@ -162,6 +102,15 @@ connection_record to_connection(const pqxx::row& r) {
   c.created_at = ts(r[23]);
   c.updated_at = ts(r[24]);
   c.token_origin = r[25].as<std::string>();
+  if (!r[26].is_null()) {  // "<id> <expires_at micros> <reason>"; ids and reasons have no space
+    const std::string v = r[26].as<std::string>();
+    const auto a = v.find(' '), b = v.rfind(' ');
+    if (a != std::string::npos && b > a) {
+      c.open_link = open_link_ref{v.substr(0, a),
+                                  from_micros(std::stoll(v.substr(a + 1, b - a - 1))),
+                                  v.substr(b + 1)};
+    }
+  }
   return c;
 }
 
@@ -381,6 +330,27 @@ std::optional<connection_record> replace_connection(tx_t& tx, const connection_r
                 c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
                 c.metadata, to_micros(c.access_expires_at), c.access_lifetime,
                 opt_us(c.refresh_expires_at), expected_version, c.token_origin);
+  return first_row(r, to_connection);
+}
+
+std::optional<connection_record> reauthorize_connection(tx_t& tx, const connection_record& c,
+                                                        long long expected_version) {
+  auto r = exec(tx,
+                "UPDATE connections SET status = 'active', token_version = $3, key_id = $4, "
+                "access_token_ct = $5, refresh_token_ct = NULLIF($6, ''::bytea), "
+                "access_token_fp = $7, refresh_token_fp = $8, token_type = $9, scope = $10, "
+                "access_expires_at = " +
+                    ts_param(11) + ", access_lifetime = $12, refresh_expires_at = " + ts_param(13) +
+                    ", last_refreshed_at = now(), last_error = NULL, reauth_reason = NULL, "
+                    "consecutive_failures = 0, next_attempt_at = NULL, token_origin = $14, "
+                    "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND row_id = $15 "
+                    "AND token_version = $16 RETURNING " +
+                    kConnectionColumns,
+                c.tenant_id, c.id, c.token_version, c.sealed.key_id,
+                pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
+                c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
+                to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at),
+                c.token_origin, c.row_id, expected_version);
   return first_row(r, to_connection);
 }
 

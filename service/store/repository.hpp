@@ -63,6 +63,11 @@ connection_record insert_connection(tx_t& tx, const connection_record& c);
 std::optional<connection_record> replace_connection(tx_t& tx, const connection_record& c,
                                                     long long expected_version);
 bool delete_connection(tx_t& tx, const std::string& tenant, const std::string& id);
+// The reauthorization write: c's token set at c.token_version (the stored version + 1), status
+// active, circuit closed, counters, errors and reauth cleared, c.token_origin bound. Only while
+// the row is still `c.row_id` at `expected_version`.
+std::optional<connection_record> reauthorize_connection(tx_t& tx, const connection_record& c,
+                                                        long long expected_version);
 
 // The refresh engine's write: stores a new sealed token set at expected_version + 1 only if
 // the stored version still equals expected_version (compare-and-swap). Returns the new record,

@@ -3,8 +3,11 @@
 // configured to behave like Airtable's OAuth (confidential client, client_secret_basic only,
 // PKCE S256 required on authorize, refresh-token rotation on every refresh with reuse detection).
 //
-// Usage: node oidc-server.mjs [--port N] [--redirect-uri URL]
+// Usage: node oidc-server.mjs [--port N] [--redirect-uri URL] [--auto-consent]
 //   --port          TCP port on 127.0.0.1 (default 0 = any free port)
+//   --auto-consent  no login or consent page: every authorization request is granted at once
+//                   for account user-1 (authorize -> interaction -> resume -> redirect_uri, all
+//                   HTTP redirects), like a provider where the user is signed in and consented
 //   --redirect-uri  the single registered redirect URI of the client
 //                   (default http://127.0.0.1:9/oauth/callback)
 //
@@ -61,7 +64,7 @@ function usage(msg) {
 }
 
 function parseArgs(argv) {
-  const out = { port: 0, redirectUri: 'http://127.0.0.1:9/oauth/callback' };
+  const out = { port: 0, redirectUri: 'http://127.0.0.1:9/oauth/callback', autoConsent: false };
   for (let i = 0; i < argv.length; i += 1) {
     let arg = argv[i];
     let value;
@@ -94,6 +97,9 @@ function parseArgs(argv) {
         out.redirectUri = v;
         break;
       }
+      case '--auto-consent':
+        out.autoConsent = true;
+        break;
       case '-h':
       case '--help':
         usage('help');
@@ -545,6 +551,20 @@ async function handleTest(provider, req, res, url) {
   }
 }
 
+// --auto-consent: finish the login and consent prompts at once (a 303 back to the resume URL).
+async function autoConsent(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: DEFAULT_ACCOUNT, clientId: details.params.client_id });
+  if (details.params.scope) grant.addOIDCScope(String(details.params.scope));
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, {
+    login: { accountId: DEFAULT_ACCOUNT },
+    consent: { grantId },
+  }, { mergeWithLastSubmission: false });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server
 // ---------------------------------------------------------------------------------------------
@@ -565,6 +585,14 @@ const server = http.createServer((req, res) => {
       if (status === 500) process.stderr.write(`oidc-server: ${err?.stack || err}\n`);
       if (!res.headersSent) sendJson(res, status, { error: err.message || String(err) });
       else res.destroy();
+    });
+    return;
+  }
+  const interaction = /^\/interaction\/([^/]+)$/.exec(url.pathname);
+  if (args.autoConsent && interaction && req.method === 'GET') {
+    autoConsent(req, res).catch((err) => {
+      process.stderr.write(`oidc-server: auto-consent: ${err?.stack || err}\n`);
+      if (!res.headersSent) sendJson(res, 500, { error: 'auto-consent failed' });
     });
     return;
   }
