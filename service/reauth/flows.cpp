@@ -44,6 +44,15 @@ bool plausible_secret(std::string_view s) {
   return true;
 }
 
+// "2026-12-10 07:43 UTC": a link's expiry as people read it.
+std::string human_time(sys_time t) {
+  const auto s = format_rfc3339(t);  // 2026-12-10T07:43:34Z
+  if (s.size() < 16) return s;
+  std::string out(s, 0, 10);
+  out.append(" ").append(s, 11, 5).append(" UTC");
+  return out;
+}
+
 std::string provider_label(const provider_record& p) {
   return p.display_name && !p.display_name->empty() ? *p.display_name : p.id;
 }
@@ -105,7 +114,7 @@ page gone_page(const store::reauth_link_record& l) {
                    "Please use the most recent link you were sent."});
   }
   return simple(410, "This link has expired",
-                {"The link expired on " + format_rfc3339(l.expires_at) +
+                {"The link expired on " + human_time(l.expires_at) +
                      ". Ask the person who sent it for a new one."});
 }
 
@@ -261,7 +270,7 @@ asio::awaitable<http::response> flows::impl::connect_page(http::request& req) {
                              link->connection_id + ".");
       p.paragraphs.push_back("Press Reconnect to sign in at " + label +
                              " and allow access. This link works until " +
-                             format_rfc3339(link->expires_at) + ".");
+                             human_time(link->expires_at) + ".");
       p.post_button = link->kind == "connect" ? "Connect" : "Reconnect";
       return {std::move(p), {url_origin(*provider->authorize_url)}};
     });

@@ -37,16 +37,21 @@ struct fake_rig {
   scratch_database db;
   node_peer token{"fake-token-endpoint.mjs"};
   node_peer canary{"fake-token-endpoint.mjs"};
-  tokend_process t{db.url(), {{"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1"}}};
+  tokend_process t;
   std::string key = t.tenant_key("acme");
 
-  fake_rig() {
+  explicit fake_rig(std::map<std::string, std::string> env = {})
+      : t(db.url(), with_insecure(std::move(env))) {
     put_provider(t, key, "fk", token.url("/token"),
                  {{"authorize_url", token.url("/authorize")},
                   {"canary_url", canary.url("/v0/whoami")},
                   {"display_name", "Fake Cloud"},
                   {"scopes", {"data.records:read"}},
                   {"pkce", true}});
+  }
+  static std::map<std::string, std::string> with_insecure(std::map<std::string, std::string> env) {
+    env.emplace("TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "1");
+    return env;
   }
   // c1 imported, then needs_reauth through a refresh answered invalid_grant.
   void dead_connection(const std::string& id, const tokend_process* other = nullptr,
@@ -516,6 +521,43 @@ TEST_CASE("callback failures: nothing is stored and the link says what happened"
     CHECK(out.find("secret-code-123") == std::string::npos);
     CHECK(out.find(verifier) == std::string::npos);
   }
+}
+
+TEST_CASE("a slow code exchange outlives the browser's request: still finishing, then done",
+          "[reauth]") {
+  fake_rig rig(std::map<std::string, std::string>{{"TOKEND_REQUEST_TIMEOUT", "2"}});
+  rig.dead_connection("c1");
+  auto l = rig.create_link("c1");
+  const auto state = query_value(rig.press(l["url"]), "state");
+  rig.token.control("POST", "/control/script", {{"steps", {{{"delay_ms", 4000}}}}});
+
+  SECTION("the callback answers within its deadline with a page that reloads itself") {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = rig.callback("code=x&state=" + state);
+    CHECK(std::chrono::steady_clock::now() - t0 < 2500ms);
+    CHECK(r.status == 202);
+    CHECK(r.body.find("Still finishing") != std::string::npos);
+    CHECK(r.body.find("http-equiv=\"refresh\" content=\"2\"") != std::string::npos);
+    CHECK(rig.connection("c1")["status"] == "needs_reauth");  // not yet
+    auto reload = rig.callback("code=x&state=" + state);
+    CHECK(reload.status == 202);
+    http_reply done;
+    CHECK(eventually([&] { done = rig.callback("code=x&state=" + state); return done.status == 200; },
+                     10s));
+    CHECK(done.body.find("Reconnected") != std::string::npos);
+  }
+  SECTION("a browser that gives up at once does not lose the grant") {
+    auto r = http_call(rig.t.address(), "GET", "/oauth/callback?code=x&state=" + state, "", {}, 300ms);
+    CHECK(r.status == 0);  // gave up before any answer
+    CHECK(eventually([&] { return rig.connection("c1")["status"] == "active"; }, 10s));
+  }
+  CHECK(rig.token_requests() == 1);
+  auto v = rig.connection("c1");
+  CHECK(v["token_version"] == 2);
+  CHECK(rig.events("c1")[0]["outcome"] == "reauthorized");
+  auto tok = rig.t.call("GET", "/v1/tokens/c1", rig.key);
+  REQUIRE(tok.status == 200);
+  CHECK(tok.json()["access_token"] == "fake-at-1");
 }
 
 TEST_CASE("a connect link of tenant A does not touch tenant B's connection of the same id",
