@@ -498,6 +498,17 @@ TEST_CASE("callback failures: nothing is stored and the link says what happened"
     unchanged();
   }
 
+  SECTION("a link that expired after Reconnect: the callback is 410, nothing stored") {
+    rig.db.query_text("UPDATE reauth_links SET expires_at = now() - interval '1 second' "
+                      "RETURNING id");
+    auto r = rig.callback("code=x&state=" + state);
+    CHECK(r.status == 410);
+    CHECK(r.body.find("expired") != std::string::npos);
+    CHECK(rig.token_requests() == 0);
+    CHECK(rig.links("c1")[0]["status"] == "expired");
+    unchanged();
+  }
+
   SECTION("another connection's id in the parameters has no effect on it") {
     rig.dead_connection("c2");
     auto r = rig.callback("code=x&state=" + state + "&connection=c2&tenant=globex");
