@@ -62,6 +62,15 @@ json link_view(const store::reauth_link_record& l) {
           {"last_error", l.last_error ? json(*l.last_error) : json(nullptr)}};
 }
 
+// Reads: the read scope, or the section's write scope.
+void require_read_or_write(const principal& who) {
+  try {
+    require_scope(who, "connections:read");
+  } catch (const api_error&) {
+    require_scope(who, "connections:write");
+  }
+}
+
 struct link_body {
   long long expires_in = kDefaultLinkLifetime;
   std::optional<std::string> return_url;
@@ -206,11 +215,7 @@ asio::awaitable<http::response> create_connect_link(context& ctx, http::request&
 
 asio::awaitable<http::response> list_reauth_links(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
-  try {  // read access: the read scope, or the section's write scope
-    require_scope(who, "connections:read");
-  } catch (const api_error&) {
-    require_scope(who, "connections:write");
-  }
+  require_read_or_write(who);
   const auto id = path_id(req, "connection");
   const int limit = static_cast<int>(int_param(req.query_param("limit"), "limit", 1, 500, 50));
   auto links = co_await in_tx(
@@ -227,7 +232,7 @@ asio::awaitable<http::response> list_reauth_links(context& ctx, http::request& r
 
 asio::awaitable<http::response> get_settings(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
-  require_scope(who, "connections:read");
+  require_read_or_write(who);
   auto origins = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
     return store::get_return_url_origins(tx, who.tenant_id());
   });

@@ -53,6 +53,18 @@ std::string human_time(sys_time t) {
   return out;
 }
 
+// The `error` of an authorization response as stored and shown: an RFC 6749 error code
+// (letters, digits, '_', '.', '-'; at most 64), else "other". It comes from the browser.
+std::string oauth_error_code(std::string_view e) {
+  if (e.empty() || e.size() > 64) return "other";
+  for (char c : e) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '.' || c == '-'))
+      return "other";
+  }
+  return std::string(e);
+}
+
 std::string provider_label(const provider_record& p) {
   return p.display_name && !p.display_name->empty() ? *p.display_name : p.id;
 }
@@ -118,6 +130,12 @@ page gone_page(const store::reauth_link_record& l) {
                      ". Ask the person who sent it for a new one."});
 }
 
+page connection_gone_page() {
+  return simple(410, "The connection no longer exists",
+                {"The connection this link was for was deleted, so nothing can be reconnected "
+                 "with it. Ask the person who sent the link for a new one."});
+}
+
 page unavailable_page() {
   auto p = simple(503, "Temporarily unavailable",
                   {"The service could not complete this step right now. Nothing was changed. "
@@ -177,9 +195,10 @@ struct flows::impl {
 
   // The callback task's whole budget: a "still finishing" state older than this has died.
   milliseconds finish_budget() const {
+    // exchange (send + answer) + canary tries + store retries + failure bookkeeping + slack
     return std::chrono::duration_cast<milliseconds>(
         o.request_timeout + o.answer_timeout + o.canary_timeout * o.canary_tries +
-        std::chrono::seconds(30));
+        o.answer_timeout + std::chrono::seconds(10) + std::chrono::seconds(30));
   }
 
   std::string redirect_uri(const provider_record& p) const {
@@ -242,8 +261,10 @@ asio::awaitable<http::response> flows::impl::connect_page(http::request& req) {
       auto provider = store::get_provider(tx, link->tenant_id, link->provider_id);
       const auto tenant = store::tenant_name(tx, link->tenant_id);
       std::optional<connection_record> conn;
-      if (link->kind == "reauth") conn = store::get_connection(tx, link->tenant_id,
-                                                               link->connection_id);
+      if (link->kind == "reauth") {
+        conn = store::get_connection(tx, link->tenant_id, link->connection_id);
+        if (!conn || conn->row_id != link->connection_row_id) return {connection_gone_page(), {}};
+      }
       if (store::mark_link_opened(tx, link->tenant_id, link->id)) {
         append_link_event(tx, *link, "reauth_link_opened", "link " + link->id + " opened",
                           req.request_id, o);
@@ -299,8 +320,11 @@ asio::awaitable<http::response> flows::impl::reconnect(http::request& req) {
                       {"The provider of this connection has no authorization URL configured. "
                        "Please tell the person who sent this link."});
       }
-      if (link->kind == "connect" &&
-          store::get_connection(tx, link->tenant_id, link->connection_id)) {
+      auto conn = store::get_connection(tx, link->tenant_id, link->connection_id);
+      if (link->kind == "reauth" && (!conn || conn->row_id != link->connection_row_id)) {
+        return connection_gone_page();
+      }
+      if (link->kind == "connect" && conn) {
         return simple(409, "This connection already exists",
                       {"A connection with this name was created in the meantime, so this link "
                        "cannot create it. Ask the person who sent it what to do."});
@@ -438,7 +462,10 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
     bool checked = false;
     std::string last;
     for (int attempt = 1; attempt <= o.canary_tries && steady::now() < canary_end; ++attempt) {
-      const auto deadline = std::min(steady::now() + o.canary_timeout, canary_end);
+      // Each try gets an equal share of what is left (at most the canary timeout).
+      const auto share = (canary_end - steady::now()) / (o.canary_tries - attempt + 1);
+      const auto deadline =
+          steady::now() + std::min<steady::duration>(o.canary_timeout, share);
       const std::vector<std::pair<std::string, std::string>> headers = {
           {"Authorization", "Bearer " + tokens.access_token}, {"Accept", "application/json"}};
       auto r = co_await http.request("GET", *job.provider.canary_url, headers, "", deadline);
@@ -478,6 +505,7 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
     std::optional<page> problem;
     std::optional<long long> version;
     std::optional<std::string> return_url;
+    bool already_completed = false;
   };
   const auto store_until = steady::now() + o.answer_timeout;
   for (int attempt = 1;; ++attempt) {
@@ -489,8 +517,9 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
         stored s;
         auto link = store::get_link(tx, job.link.tenant_id, job.link.id, true);
         if (!link) throw std::runtime_error("reauth link vanished");
-        if (link->status == "completed") {
-          s.problem = gone_page(*link);
+        if (link->status == "completed") {  // another Reconnect of this link finished first
+          s.already_completed = true;
+          store::finish_state(tx, job.state_hash, "completed", page_json(ok).dump());
           return s;
         }
         auto existing = store::get_connection(tx, link->tenant_id, link->connection_id, true);
@@ -498,9 +527,14 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
         std::optional<long long> before;
         if (link->kind == "reauth") {
           if (!existing || existing->row_id != link->connection_row_id) {
-            s.problem = simple(410, "The connection no longer exists",
-                               {"The connection this link was for was deleted, so nothing was "
-                                "stored. Ask the person who sent the link for a new one."});
+            s.problem = connection_gone_page();
+            return s;
+          }
+          if (existing->provider_id != link->provider_id) {  // re-imported under another one
+            s.problem = simple(409, "The connection changed",
+                               {"The connection was moved to another provider after this link "
+                                "was created, so nothing was stored. Ask the person who sent "
+                                "the link for a new one."});
             return s;
           }
           c = *existing;
@@ -563,6 +597,7 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
         s.version = out.token_version;
         return s;
       });
+      if (out.already_completed) co_return ok;
       if (out.problem) {
         {
       page failed = simple(out.problem->status, out.problem->title, out.problem->paragraphs);
@@ -664,7 +699,7 @@ asio::awaitable<http::response> flows::impl::callback(http::request& req) {
       auto provider = store::get_provider(tx, link->tenant_id, link->provider_id);
       const auto label = provider ? provider_label(*provider) : link->provider_id;
       if (error) {
-        const auto err = policy::sanitize(*error);
+        const auto err = oauth_error_code(*error);
         if (err == "access_denied") {
           const auto p = simple(200, "Reconnect declined",
                                 {"You declined to allow access at " + label +
@@ -732,10 +767,20 @@ asio::awaitable<http::response> flows::impl::callback(http::request& req) {
         [this, sh, job = std::move(*cl.job)]() mutable -> asio::awaitable<void> {
           std::optional<std::string> redirect;
           std::optional<page> p;
+          const auto kept = job;  // for the failure record
+          bool threw = false;
           try {
             p = co_await run_exchange(std::move(job), redirect);
           } catch (const std::exception& e) {
-            log::write(log::level::error, "reauth task failed", {{"error", e.what()}});
+            log::write(log::level::error, "reauth task failed", {{"error", e.what()}},
+                       kept.request_id);
+            threw = true;
+          }
+          if (threw) {  // no co_await inside a handler
+            page failed = simple(500, "Something went wrong",
+                                 {"The sign-in could not be completed, so nothing was changed. "
+                                  "Open your link again and press Reconnect."});
+            p = co_await fail(kept, std::move(failed), "internal error", std::nullopt);
           }
           {
             std::lock_guard lk(sh->mu);

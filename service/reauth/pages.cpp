@@ -34,6 +34,19 @@ std::string cat(std::initializer_list<std::string_view> parts) {
   res.headers.emplace_back(std::string(name), std::string(value));
 }
 
+// An origin as url_origin() prints it, safe in a CSP source list: scheme "://" host ":" port
+// with host characters of a DNS name or a bracketed IPv6 address only.
+bool csp_source_ok(std::string_view o) {
+  const auto sep = o.find("://");
+  if (sep == std::string_view::npos || sep == 0) return false;
+  for (char c : o) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '.' || c == '-' || c == ':' || c == '/' || c == '[' || c == ']' || c == '+'))
+      return false;
+  }
+  return true;
+}
+
 constexpr const char* kStyle =
     "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;background:#f5f6f8;"
     "color:#1d2330;margin:0;padding:48px 16px}"
@@ -75,7 +88,9 @@ http::response render(const page& p, const std::vector<std::string>& form_action
   res.content_type = "text/html; charset=utf-8";
   res.body = std::move(html);
   std::string csp = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'";
-  for (const auto& o : form_action_origins) csp += cat({" ", o});
+  for (const auto& o : form_action_origins) {
+    if (csp_source_ok(o)) csp += cat({" ", o});  // never header-breaking bytes
+  }
   csp += "; base-uri 'none'; frame-ancestors 'none'";
   add_header(res, "Content-Security-Policy", csp);
   add_header(res, "Cache-Control", "no-store");

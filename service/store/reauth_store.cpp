@@ -88,6 +88,10 @@ std::string tenant_name(tx_t& tx, const std::string& tenant) {
 
 reauth_link_record insert_link(tx_t& tx, const reauth_link_record& l, const std::string& token_hash,
                                long long expires_in_s) {
+  // Links of one connection id are minted one at a time, so the newest always supersedes the
+  // others (a connect link has no connection row to lock).
+  exec(tx, "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 7))", l.tenant_id,
+       l.connection_id);
   exec(tx,
        std::string("UPDATE reauth_links SET status = 'superseded', ended_at = now() "
                    "WHERE tenant_id = $1 AND connection_id = $2 AND expires_at > now() AND ") +

@@ -71,6 +71,7 @@ const std::string kConnectionColumns =
     // The open reauth link, if any: the newest unexpired one not completed or superseded.
     "(SELECT concat_ws(' ', l.id, " TS("l.expires_at") ", l.reason) FROM reauth_links l "
     "WHERE l.tenant_id = connections.tenant_id AND l.connection_id = connections.id AND "
+    "l.kind = 'reauth' AND l.connection_row_id = connections.row_id AND "
     "l.status IN ('open', 'opened', 'declined', 'failed') AND l.expires_at > now() "
     "ORDER BY l.created_at DESC, l.id DESC LIMIT 1)";
 

@@ -7,8 +7,8 @@
 // Usage: node browser-reauth.mjs --url LINK --screenshot FILE [--login USER] [--stop-at-connect]
 //        [--final-prefix URL] [--timeout-ms N]
 // Prints one JSON line on stdout:
-//   {"connect":{"status","title","text","html","csp"},"final":{"url","status","title","text"},
-//    "callback_url", "navigations":[...], "csp_violations":[...]}
+//   {"connect":{"status","title","text","html","csp"},"final":{"url","title","text"},
+//    "callback_url", "navigations":[...], "csp_violations":[...], "provider_forms_submitted":N}
 // Exit code 0 when the flow reached a final page, 1 otherwise (with {"error"} on stdout).
 
 import { chromium } from 'playwright-core';
@@ -43,7 +43,7 @@ async function main() {
     args: ['--no-sandbox', '--disable-dev-shm-usage'],
     timeout: args.timeoutMs,
   });
-  const result = { navigations: [], csp_violations: [] };
+  const result = { navigations: [], csp_violations: [], provider_forms_submitted: 0 };
   try {
     const context = await browser.newContext();
     const page = await context.newPage();
@@ -103,6 +103,7 @@ async function main() {
           page.waitForNavigation({ waitUntil: 'load' }),
           page.click('button[type=submit]'),
         ]);
+        result.provider_forms_submitted += 1;
       } else {
         // eslint-disable-next-line no-await-in-loop
         await page.waitForTimeout(100);
