@@ -186,6 +186,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
        {integer("TOKEND_THREADS", 1, 256, c.threads),
         integer("TOKEND_DB_POOL_SIZE", 1, 1000, c.db_pool_size),
         integer("TOKEND_REFRESH_POOL_SIZE", 1, 1000, c.refresh_pool_size),
+        integer("TOKEND_TENANT_REFRESH_SHARE", 0, 90, c.tenant_refresh_share),
         integer("TOKEND_REQUEST_TIMEOUT", 1, 600, c.request_timeout),
         integer("TOKEND_PROVIDER_ANSWER_TIMEOUT", 1, 3600, c.provider_answer_timeout),
         integer("TOKEND_FORCE_REFRESH_MIN_INTERVAL", 0, 86400, c.force_refresh_min_interval),

@@ -32,6 +32,7 @@ struct config {
   unsigned threads = 1;
   unsigned db_pool_size = 8;
   unsigned refresh_pool_size = 16;
+  unsigned tenant_refresh_share = 25;  // percent of the refresh pool kept for other tenants
   std::chrono::seconds request_timeout{15};
   std::chrono::seconds provider_answer_timeout{60};  // a sent refresh request's answer is awaited
   std::chrono::seconds force_refresh_min_interval{10};

@@ -111,6 +111,7 @@ int serve(const config& c) {
                           .request_timeout = c.request_timeout,
                           .answer_timeout = c.provider_answer_timeout,
                           .force_refresh_min_interval = c.force_refresh_min_interval,
+                          .tenant_refresh_share = c.tenant_refresh_share,
                           .test_lose_commit_ack = c.test_lose_commit_ack},
                          db, refresh_db, keys, outbound, metrics, clock, caches);
   api::context ctx{api_settings, db, keys, usage, clock, engine, caches};

@@ -2,6 +2,11 @@
 
 namespace tokend::policy {
 
+std::size_t tenant_refresh_cap(std::size_t pool, unsigned share_percent) {
+  const std::size_t reserved = (pool * share_percent + 99) / 100;
+  return reserved >= pool ? 1 : std::max<std::size_t>(1, pool - reserved);
+}
+
 fence_verdict decide_fence(const std::optional<open_marker>& marker,
                            std::optional<long long> mine) {
   if (!marker) return fence_verdict::open;

@@ -21,6 +21,10 @@ enum class fence_verdict {
   wait,       // another flight's unexpired marker: no provider call; release the lock and wait
 };
 // `mine`: the id of this flight's marker, when it has one.
+// How many of the refresh pool's `pool` slots one tenant may hold: the pool minus the share
+// (percent, rounded up) kept free for the other tenants, and at least 1.
+std::size_t tenant_refresh_cap(std::size_t pool, unsigned share_percent);
+
 fence_verdict decide_fence(const std::optional<open_marker>& marker, std::optional<long long> mine);
 
 // How long a marker fences its connection after it was committed: the whole answer window of

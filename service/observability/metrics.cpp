@@ -106,6 +106,13 @@ struct metrics::impl {
           .Name("tokend_db_jobs_total")
           .Help("Database jobs (one or more statements on a DB thread) by origin")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& slot_timeouts =
+      prometheus::BuildCounter()
+          .Name("tokend_refresh_slot_timeouts_total")
+          .Help("Refreshes that waited for a slot until their deadline, by the slot "
+                "(tenant_share: the tenant already holds its cap of the refresh pool; "
+                "provider_cap: the per-provider cap)")
+          .Register(*registry);
   prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
                                                      .Name("tokend_build_info")
                                                      .Help("Build information")
@@ -119,6 +126,8 @@ metrics::metrics() : impl_(std::make_unique<impl>()) {
   impl_->reconnects.Add({});
   impl_->listener.Add({}).Set(0);
   impl_->heartbeat_late.Add({});
+  impl_->slot_timeouts.Add({{"reason", "tenant_share"}});
+  impl_->slot_timeouts.Add({{"reason", "provider_cap"}});
 }
 metrics::~metrics() = default;
 
@@ -202,6 +211,10 @@ void metrics::provider_call(double seconds) {
 }
 
 void metrics::refresh_joined() { impl_->joined.Add({}).Increment(); }
+
+void metrics::slot_wait_timeout(std::string_view reason) {
+  impl_->slot_timeouts.Add({{"reason", std::string(reason)}}).Increment();
+}
 
 void metrics::reauth_required(std::string_view reason) {
   impl_->reauth.Add({{"reason", std::string(reason)}}).Increment();

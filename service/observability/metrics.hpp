@@ -32,6 +32,8 @@ class metrics {
   void refresh_outcome(std::string_view trigger, std::string_view outcome);
   void provider_call(double seconds);
   void refresh_joined();
+  // A refresh that waited for a slot until its deadline (reason: tenant_share, provider_cap).
+  void slot_wait_timeout(std::string_view reason);
   void reauth_required(std::string_view reason);
   prometheus::Gauge& refresh_in_flight();
 

@@ -682,15 +682,28 @@ asio::awaitable<flight_result> fly(const engine_deps& d, flight& f) {
   if (!seen.second) throw api_error(errc::internal, "the connection's provider is missing");
   const provider_record provider = std::move(*seen.second);
 
-  // A slot under the per-provider cap, queueing within the deadline.
-  auto& slots = d.provider_slots(f.tenant, provider.id);
-  auto slot = co_await slots.acquire(f.deadline);
-  if (!slot) throw provider_unavailable_error(1);
+  // Slots in the order tenant -> provider -> pool, each wait bounded by the deadline and ending
+  // in the transient fallback. The tenant cap keeps the tenant share of the refresh pool free
+  // for the other tenants, so one tenant's hanging provider cannot starve them.
   struct slot_guard {
     async::semaphore& s;
     std::size_t unit;
     ~slot_guard() { s.release(unit); }
-  } guard{slots, *slot};
+  };
+  auto& tenant_cap = d.tenant_slots(f.tenant);
+  auto tenant_slot = co_await tenant_cap.acquire(f.deadline);
+  if (!tenant_slot) {
+    d.metrics.slot_wait_timeout("tenant_share");
+    throw provider_unavailable_error(1);
+  }
+  slot_guard tenant_guard{tenant_cap, *tenant_slot};
+  auto& slots = d.provider_slots(f.tenant, provider.id);
+  auto slot = co_await slots.acquire(f.deadline);
+  if (!slot) {
+    d.metrics.slot_wait_timeout("provider_cap");
+    throw provider_unavailable_error(1);
+  }
+  slot_guard guard{slots, *slot};
 
   row_lock lock(d.refresh_db);
   std::exception_ptr failure;

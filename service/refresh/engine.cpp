@@ -40,6 +40,16 @@ async::semaphore& engine_deps::provider_slots(const std::string& tenant,
   return *s;
 }
 
+async::semaphore& engine_deps::tenant_slots(const std::string& tenant) const {
+  std::lock_guard lk(slots_mu);
+  auto& s = tenant_caps[tenant];
+  if (!s) {
+    s = std::make_unique<async::semaphore>(
+        policy::tenant_refresh_cap(refresh_db.options().size, opts.tenant_refresh_share));
+  }
+  return *s;
+}
+
 }  // namespace detail
 
 engine::engine(asio::any_io_executor ex, engine_options opts, store::db_pool& db,

@@ -48,6 +48,9 @@ struct engine_options {
   std::chrono::seconds answer_timeout{60};
   std::chrono::seconds force_refresh_min_interval{10};
   std::size_t provider_concurrency = 16;  // concurrent refreshes per provider in this process
+  // Percent of the refresh pool one tenant can never take from the others
+  // (TOKEND_TENANT_REFRESH_SHARE): a tenant's flights hold at most tenant_refresh_cap() slots.
+  unsigned tenant_refresh_share = 25;
   std::chrono::seconds config_error_cooldown{30};
   std::chrono::milliseconds backoff_base{200};
   std::chrono::milliseconds backoff_cap{2000};

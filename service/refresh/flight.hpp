@@ -50,6 +50,8 @@ struct engine_deps {
 
   // The per-(tenant, provider) cap on concurrent refreshes in this process.
   async::semaphore& provider_slots(const std::string& tenant, const std::string& provider) const;
+  // The per-tenant cap (the tenant share rule), acquired before the provider slot and the pool.
+  async::semaphore& tenant_slots(const std::string& tenant) const;
 
   boost::asio::any_io_executor ex;
   engine_options opts;
@@ -64,6 +66,7 @@ struct engine_deps {
  private:
   mutable std::mutex slots_mu;
   mutable std::map<std::pair<std::string, std::string>, std::unique_ptr<async::semaphore>> slots;
+  mutable std::map<std::string, std::unique_ptr<async::semaphore>> tenant_caps;
 };
 
 using trigger = policy::trigger_kind;

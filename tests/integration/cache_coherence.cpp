@@ -332,5 +332,13 @@ TEST_CASE("the token cache stays within its bound", "[cache_coherence]") {
   auto m = t.get("/metrics").body;
   CHECK(metric_value(m, "tokend_cache_entries{cache=\"token\"}") <= 1000);
   CHECK(metric_value(m, "tokend_cache_entries{cache=\"token\"}") >= 900);
-  CHECK(metric_value(m, "tokend_cache_events_total{kind=\"eviction\"}") >= kConnections - 1000);
+  // Every GET missed and inserted, so all but the last 1000 entries were evicted, except inserts
+  // skipped while the listener's heartbeat was late under load, and entries a reconnect's flush
+  // dropped (at most 1000 each).
+  const double evicted = metric_value(m, "tokend_cache_events_total{kind=\"eviction\"}");
+  const double skipped = metric_value(m, "tokend_cache_events_total{kind=\"insert_skipped\"}");
+  const double flushes = metric_value(m, "tokend_listener_reconnects_total");
+  INFO("evicted " << evicted << ", skipped " << skipped << ", reconnects " << flushes);
+  CHECK(evicted + skipped >= kConnections - 1000 * (1 + flushes));
+  CHECK(evicted > 0);
 }

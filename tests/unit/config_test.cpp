@@ -20,6 +20,7 @@ TEST_CASE("defaults follow the contract", "[config]") {
   CHECK(r.cfg->db_pool_size == 8);
   CHECK(r.cfg->listener_database_url.empty());  // the listener uses TOKEND_DATABASE_URL
   CHECK(r.cfg->refresh_pool_size == 16);
+  CHECK(r.cfg->tenant_refresh_share == 25);
   CHECK(r.cfg->request_timeout.count() == 15);
   CHECK(r.cfg->force_refresh_min_interval.count() == 10);
   CHECK(r.cfg->provider_answer_timeout.count() == 60);
@@ -60,6 +61,8 @@ TEST_CASE("out of range values name their variable", "[config]") {
   for (auto [k, v] : std::vector<std::pair<std::string, std::string>>{
            {"TOKEND_REQUEST_TIMEOUT", "0"},
            {"TOKEND_REFRESH_POOL_SIZE", "100000"},
+           {"TOKEND_TENANT_REFRESH_SHARE", "91"},
+           {"TOKEND_TENANT_REFRESH_SHARE", "a quarter"},
            {"TOKEND_FORCE_REFRESH_MIN_INTERVAL", "-3"},
            {"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "yes"},
            {"TOKEND_ADMIN_TOKEN", "short"}}) {

@@ -100,3 +100,13 @@ TEST_CASE("who gets what when a flight ends", "[flight_policy]") {
     CHECK(answer_for(running, caller(conditional, 1)) == caller_answer::unavailable);
   }
 }
+
+TEST_CASE("the tenant share keeps part of the refresh pool for other tenants", "[flight_policy]") {
+  using tokend::policy::tenant_refresh_cap;
+  CHECK(tenant_refresh_cap(16, 25) == 12);
+  CHECK(tenant_refresh_cap(4, 25) == 3);
+  CHECK(tenant_refresh_cap(10, 25) == 7);  // the kept share rounds up
+  CHECK(tenant_refresh_cap(16, 0) == 16);
+  CHECK(tenant_refresh_cap(1, 25) == 1);   // a tenant can always refresh
+  CHECK(tenant_refresh_cap(10, 90) == 1);
+}
