@@ -7,6 +7,7 @@
 #include "api/views.hpp"
 #include "cache/caches.hpp"
 #include "core/provider_defaults.hpp"
+#include "core/schedule_policy.hpp"
 #include "core/validate.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
@@ -67,6 +68,7 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     if (t.refresh_token) {
       if (auto life = refresh_expires_in ? refresh_expires_in : provider->refresh_token_lifetime) {
         t.refresh_expires_at = now + seconds(*life);
+        t.refresh_lifetime = *life;
       }
     }
     auto existing = store::get_connection(tx, who.tenant_id(), id, true);
@@ -89,7 +91,11 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
     c.access_expires_at = t.access_expires_at;
     c.access_lifetime = t.access_lifetime;
     c.refresh_expires_at = t.refresh_expires_at;
+    c.refresh_lifetime = t.refresh_lifetime;
     c.token_origin = url_origin(provider->token_url);  // a (re-)import binds the current origin
+    // needs_reauth, back-off and the keep-alive stop are cleared by a (re-)import.
+    c.next_refresh_at = policy::next_refresh_at(
+        policy::facts_of(c), policy::settings_of(*provider, ctx.cfg.keepalive_margin));
     connection_record out;
     if (existing) {
       auto replaced = store::replace_connection(tx, c, existing->token_version);

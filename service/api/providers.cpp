@@ -84,6 +84,7 @@ asio::awaitable<http::response> put_provider(context& ctx, http::request& req) {
   p.refresh_ahead = body.integer("refresh_ahead", 0, 86400).value_or(600);
   p.refresh_scope = body.string("refresh_scope", 2048);
   p.canary_url = url_field(body, "canary_url", insecure);
+  p.refresh_rate_per_s = body.integer("refresh_rate_per_s", 1, 100000);
   body.finish();
 
   if (airtable) {

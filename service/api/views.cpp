@@ -45,6 +45,7 @@ nlohmann::json provider_view(const provider_record& p) {
           {"refresh_ahead", p.refresh_ahead},
           {"refresh_scope", opt(p.refresh_scope)},
           {"canary_url", opt(p.canary_url)},
+          {"refresh_rate_per_s", opt(p.refresh_rate_per_s)},
           {"created_at", format_rfc3339(p.created_at)},
           {"updated_at", format_rfc3339(p.updated_at)}};
 }

@@ -199,7 +199,12 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
         integer("TOKEND_PRINCIPAL_CACHE_SIZE", 0, 10000000, c.principal_cache_size),
         integer("TOKEND_TEST_CACHE_INSERT_DELAY_MS", 0, 60000, c.test_cache_insert_delay),
         on_off("TOKEND_TEST_LOSE_COMMIT_ACK", c.test_lose_commit_ack),
-        on_off("TOKEND_SCHEDULER", c.scheduler)}) {
+        on_off("TOKEND_SCHEDULER", c.scheduler),
+        integer("TOKEND_SCHEDULER_INTERVAL", 1, 3600, c.scheduler_interval),
+        integer("TOKEND_SCHEDULER_CONCURRENCY", 1, 1000, c.scheduler_concurrency),
+        integer("TOKEND_KEEPALIVE_MARGIN", 1, 10LL * 31536000, c.keepalive_margin),
+        integer("TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", 0, 600000,
+                c.test_scheduler_pause_after_claim)}) {
     if (e) return {std::nullopt, *e};
   }
   // A sent refresh is awaited up to the answer timeout and then persisted: shutdown waits for

@@ -36,7 +36,10 @@ struct config {
   std::chrono::seconds request_timeout{15};
   std::chrono::seconds provider_answer_timeout{60};  // a sent refresh request's answer is awaited
   std::chrono::seconds force_refresh_min_interval{10};
-  bool scheduler = true;
+  bool scheduler = true;                         // TOKEND_SCHEDULER: proactive refresh here
+  std::chrono::seconds scheduler_interval{1};     // idle poll when nothing is due
+  unsigned scheduler_concurrency = 8;             // scheduled flights in flight per instance
+  std::chrono::seconds keepalive_margin{604800};  // TOKEND_KEEPALIVE_MARGIN
   bool allow_insecure_provider_urls = false;
   // HTTP transport limits; not in the contract's table but settable for operations and tests.
   std::chrono::milliseconds http_read_timeout{10000};  // whole header+body read of a request
@@ -48,6 +51,9 @@ struct config {
   unsigned principal_cache_size = 10000;
   std::chrono::milliseconds test_cache_insert_delay{0};  // test hook, see caches.hpp
   bool test_lose_commit_ack = false;                     // test hook, see refresh/engine.hpp
+  // Test hook: the scheduler pauses this long after committing its claims, before it starts
+  // their flights (so a test can kill the instance in between).
+  std::chrono::milliseconds test_scheduler_pause_after_claim{0};
 };
 
 struct config_error {

@@ -23,6 +23,7 @@
 #include "observability/log.hpp"
 #include "observability/metrics.hpp"
 #include "refresh/engine.hpp"
+#include "refresh/scheduler.hpp"
 #include "store/change_listener.hpp"
 #include "store/db_pool.hpp"
 
@@ -78,7 +79,8 @@ int serve(const config& c) {
                              .environment = c.environment,
                              .instance_id = c.instance_id,
                              .allow_insecure_provider_urls = c.allow_insecure_provider_urls,
-                             .public_url = c.public_url};
+                             .public_url = c.public_url,
+                             .keepalive_margin = c.keepalive_margin};
   api::key_usage usage;
   const wall_clock clock;
   cache::caches caches({.enabled = c.cache,
@@ -112,6 +114,7 @@ int serve(const config& c) {
                           .answer_timeout = c.provider_answer_timeout,
                           .force_refresh_min_interval = c.force_refresh_min_interval,
                           .tenant_refresh_share = c.tenant_refresh_share,
+                          .keepalive_margin = c.keepalive_margin,
                           .test_lose_commit_ack = c.test_lose_commit_ack},
                          db, refresh_db, keys, outbound, metrics, clock, caches);
   api::context ctx{api_settings, db, keys, usage, clock, engine, caches};
@@ -122,7 +125,8 @@ int serve(const config& c) {
                               .environment = c.environment,
                               .allow_insecure = c.allow_insecure_provider_urls,
                               .request_timeout = c.request_timeout,
-                              .answer_timeout = c.provider_answer_timeout},
+                              .answer_timeout = c.provider_answer_timeout,
+                              .keepalive_margin = c.keepalive_margin},
                              db, keys, outbound, clock, caches);
 
   http::router api_routes;
@@ -156,6 +160,21 @@ int serve(const config& c) {
     return 1;
   }
 
+  // Proactive refresh (TOKEND_SCHEDULER=off: this instance only answers requests).
+  std::unique_ptr<refresh::scheduler> scheduler;
+  if (c.scheduler) {
+    scheduler = std::make_unique<refresh::scheduler>(
+        ioc.get_executor(),
+        refresh::scheduler_options{
+            .instance_id = c.instance_id,
+            .concurrency = c.scheduler_concurrency,
+            .interval = c.scheduler_interval,
+            .lease = c.request_timeout + c.provider_answer_timeout + std::chrono::seconds(5),
+            .test_pause_after_claim = c.test_scheduler_pause_after_claim},
+        db, engine, metrics, clock);
+    scheduler->start();
+  }
+
   // Background: API key last-use timestamps, at most once a minute.
   asio::steady_timer usage_timer(ioc);
   asio::co_spawn(
@@ -182,6 +201,8 @@ int serve(const config& c) {
         ioc,
         [&]() -> asio::awaitable<void> {
           const auto deadline = std::chrono::steady_clock::now() + c.shutdown_grace;
+          // No new claims; claims not started yet are released for the other instances.
+          if (scheduler) co_await scheduler->stop();
           asio::steady_timer t(ioc);
           // Requests in flight finish; refreshes in flight run to their commit.
           while ((api_server.active_requests() > 0 || engine.in_flight() > 0 ||

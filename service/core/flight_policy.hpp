@@ -51,7 +51,7 @@ enum class persist_step { done, retry, give_up };
 persist_step after_write(write_outcome o);
 
 // What a caller of a flight is answered.
-enum class trigger_kind { on_demand, forced, conditional };
+enum class trigger_kind { on_demand, forced, conditional, scheduled };
 struct flight_outcome {
   bool finished = false;  // the flight completed before the caller's deadline
   bool answered = false;  // the provider answered with a new token set (may not be stored yet)

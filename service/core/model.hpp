@@ -53,6 +53,9 @@ struct provider_record {
   long long refresh_ahead = 600;
   std::optional<std::string> refresh_scope;
   std::optional<std::string> canary_url;
+  // Refreshes per second this instance sends to this provider (scheduled and on-demand alike);
+  // nullopt = unlimited.
+  std::optional<long long> refresh_rate_per_s;
   std::optional<sys_time> cooldown_until;
   sys_time created_at;
   sys_time updated_at;
@@ -67,6 +70,7 @@ struct token_set {
   sys_time access_expires_at;
   long long access_lifetime = 0;  // seconds it was issued for
   std::optional<sys_time> refresh_expires_at;
+  std::optional<long long> refresh_lifetime;  // seconds the refresh token was issued for
 };
 
 // The sealed form of a token_set, ready to store.
@@ -110,6 +114,11 @@ struct connection_record {
   // Origin (url_origin) of the token endpoint the refresh token was imported or obtained for:
   // a refresh is never sent anywhere else.
   std::string token_origin;
+  // The scheduler's stamp (core/schedule_policy): when the connection is next due for a
+  // proactive refresh; nullopt = never (needs_reauth, no refresh token).
+  std::optional<sys_time> next_refresh_at;
+  std::optional<long long> refresh_lifetime;  // seconds the refresh token was issued for
+  bool refresh_token_expiring = false;        // a keep-alive refresh did not renew it
   // Read-only: the newest unexpired link that is open, opened, declined or failed.
   std::optional<open_link_ref> open_link;
 };

@@ -114,8 +114,10 @@ classification classify(const provider_reply& r, sys_time sent_at, const token_d
     if (refresh) {
       if (auto rl = positive_int(j, "refresh_expires_in")) {
         t.refresh_expires_at = sent_at + std::chrono::seconds(*rl);
+        t.refresh_lifetime = *rl;
       } else if (d.refresh_token_lifetime) {
         t.refresh_expires_at = sent_at + std::chrono::seconds(*d.refresh_token_lifetime);
+        t.refresh_lifetime = *d.refresh_token_lifetime;
       }
     }
     c.kind = access ? outcome::refreshed : outcome::missing_access_token;

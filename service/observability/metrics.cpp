@@ -11,6 +11,10 @@
 #include <unordered_map>
 
 namespace tokend::observability {
+namespace {
+const prometheus::Histogram::BucketBoundaries kLagBuckets = {0.1, 0.25, 0.5, 1,  2.5, 5,
+                                                             10,  30,   60,  120, 300, 600};
+}  // namespace
 
 struct metrics::impl {
   // Unique per instance for the life of the process (addresses can be reused; ids are not).
@@ -111,7 +115,36 @@ struct metrics::impl {
           .Name("tokend_refresh_slot_timeouts_total")
           .Help("Refreshes that waited for a slot until their deadline, by the slot "
                 "(tenant_share: the tenant already holds its cap of the refresh pool; "
-                "provider_cap: the per-provider cap)")
+                "provider_cap: the per-provider cap; pool: the row lock or a refresh-pool "
+                "connection; rate: the provider's refresh_rate_per_s)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& sched_claims =
+      prometheus::BuildCounter()
+          .Name("tokend_scheduler_claims_total")
+          .Help("Due connections this instance's scheduler claimed")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& sched_backlog =
+      prometheus::BuildGauge()
+          .Name("tokend_scheduler_backlog")
+          .Help("Connections due for a proactive refresh that no instance has claimed (counted "
+                "every 5 s, up to 1,000,000)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& sched_in_flight =
+      prometheus::BuildGauge()
+          .Name("tokend_scheduler_in_flight")
+          .Help("Scheduled refreshes running in this instance")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& sched_lag =
+      prometheus::BuildHistogram()
+          .Name("tokend_scheduler_lag_seconds")
+          .Help("From a connection's due time (next_refresh_at) to the end of its scheduled "
+                "refresh")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& sched_outcomes =
+      prometheus::BuildCounter()
+          .Name("tokend_scheduler_refreshes_total")
+          .Help("Scheduled refreshes by provider and outcome (refreshed, not_due, transient, "
+                "deferred, or the error code)")
           .Register(*registry);
   prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
                                                      .Name("tokend_build_info")
@@ -128,6 +161,12 @@ metrics::metrics() : impl_(std::make_unique<impl>()) {
   impl_->heartbeat_late.Add({});
   impl_->slot_timeouts.Add({{"reason", "tenant_share"}});
   impl_->slot_timeouts.Add({{"reason", "provider_cap"}});
+  impl_->slot_timeouts.Add({{"reason", "pool"}});
+  impl_->slot_timeouts.Add({{"reason", "rate"}});
+  impl_->sched_claims.Add({});
+  impl_->sched_backlog.Add({}).Set(0);
+  impl_->sched_in_flight.Add({}).Set(0);
+  impl_->sched_lag.Add({}, kLagBuckets);
 }
 metrics::~metrics() = default;
 
@@ -211,6 +250,19 @@ void metrics::provider_call(double seconds) {
 }
 
 void metrics::refresh_joined() { impl_->joined.Add({}).Increment(); }
+
+void metrics::scheduler_claimed(std::size_t n) {
+  impl_->sched_claims.Add({}).Increment(static_cast<double>(n));
+}
+prometheus::Gauge& metrics::scheduler_backlog() { return impl_->sched_backlog.Add({}); }
+prometheus::Gauge& metrics::scheduler_in_flight() { return impl_->sched_in_flight.Add({}); }
+void metrics::scheduler_lag(double seconds) {
+  impl_->sched_lag.Add({}, kLagBuckets).Observe(seconds);
+}
+void metrics::scheduler_outcome(std::string_view provider, std::string_view outcome) {
+  impl_->sched_outcomes.Add({{"provider", std::string(provider)}, {"outcome", std::string(outcome)}})
+      .Increment();
+}
 
 void metrics::slot_wait_timeout(std::string_view reason) {
   impl_->slot_timeouts.Add({{"reason", std::string(reason)}}).Increment();

@@ -32,9 +32,17 @@ class metrics {
   void refresh_outcome(std::string_view trigger, std::string_view outcome);
   void provider_call(double seconds);
   void refresh_joined();
-  // A refresh that waited for a slot until its deadline (reason: tenant_share, provider_cap).
+  // A refresh that waited for a slot until its deadline (reason: tenant_share, provider_cap,
+  // pool, rate).
   void slot_wait_timeout(std::string_view reason);
   void reauth_required(std::string_view reason);
+
+  // Scheduler signals.
+  void scheduler_claimed(std::size_t n);
+  prometheus::Gauge& scheduler_backlog();
+  prometheus::Gauge& scheduler_in_flight();
+  void scheduler_lag(double seconds);
+  void scheduler_outcome(std::string_view provider, std::string_view outcome);
   prometheus::Gauge& refresh_in_flight();
 
   // Cache signals: events by kind (hit, miss, eviction, invalidation, insert_skipped),

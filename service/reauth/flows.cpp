@@ -12,6 +12,7 @@
 #include "cache/caches.hpp"
 #include "core/errors.hpp"
 #include "core/provider_defaults.hpp"
+#include "core/schedule_policy.hpp"
 #include "core/refresh_policy.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
@@ -560,7 +561,12 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
         c.access_expires_at = tokens.access_expires_at;
         c.access_lifetime = tokens.access_lifetime;
         c.refresh_expires_at = tokens.refresh_expires_at;
+        c.refresh_lifetime = tokens.refresh_lifetime;
+        c.refresh_token_expiring = false;
+        c.next_attempt_at.reset();
         c.token_origin = url_origin(job.provider.token_url);  // reauthorization binds the origin
+        c.next_refresh_at = policy::next_refresh_at(
+            policy::facts_of(c), policy::settings_of(job.provider, o.keepalive_margin));
         connection_record out;
         if (before) {
           auto w = store::reauthorize_connection(tx, c, *before);

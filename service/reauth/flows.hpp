@@ -44,6 +44,7 @@ struct flow_options {
   std::chrono::seconds state_lifetime{900};
   std::chrono::seconds canary_timeout{10};
   int canary_tries = 3;
+  std::chrono::seconds keepalive_margin{604800};  // for the due rule stamped by the callback
 };
 
 class flows {

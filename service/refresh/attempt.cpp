@@ -15,6 +15,7 @@
 #include "async/semaphore.hpp"
 #include "cache/caches.hpp"
 #include "core/provider_defaults.hpp"
+#include "core/schedule_policy.hpp"
 #include "crypto/token_seal.hpp"
 #include "oauth/http_client.hpp"
 #include "oauth/token_request.hpp"
@@ -156,6 +157,19 @@ void close_marker_later(const engine_deps& d, long long marker_id, std::string s
       asio::detached);
 }
 
+// When the scheduler tries a connection again after this failure: exponential with jitter,
+// capped at the access-token window, never before `not_before`.
+sys_time retry_at(const engine_deps& d, const connection_record& row, const provider_record& p,
+                  sys_time now, std::optional<sys_time> not_before = std::nullopt) {
+  const auto window = std::chrono::seconds(policy::access_window_s(row.access_lifetime, p.refresh_ahead));
+  auto at = now + policy::scheduled_backoff(row.consecutive_failures + 1,
+                                            d.opts.scheduled_backoff_base,
+                                            std::chrono::duration_cast<milliseconds>(window),
+                                            random_u64());
+  if (not_before) at = std::max(at, *not_before);
+  return at;
+}
+
 flight_result transient_result(const connection_record& row, int retry_after,
                                std::optional<std::string> access_token) {
   flight_result r;
@@ -173,6 +187,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
   const caller who{f.tenant, f.request_id, f.deadline};
   const std::string change_key = cache::caches::token_key(f.tenant, f.id);
   const auto window = policy::marker_window(d.opts.answer_timeout, d.opts.request_timeout);
+  const auto sched = policy::settings_of(provider, d.opts.keepalive_margin);
 
   auto serve = [&](connection_record c) -> asio::awaitable<flight_result> {
     co_await lock.commit();
@@ -212,6 +227,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     if (locked.s == row_lock::status::timed_out) {
       // Another instance's refresh holds the row until our deadline, or no refresh-pool lease
       // was free: the transient fallback, with what the callers saw.
+      d.metrics.slot_wait_timeout("pool");
       d.metrics.refresh_outcome(tname, "deferred");
       flight_result r;
       r.transient = true;
@@ -220,6 +236,22 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     row = std::move(*locked.row);
     const auto now = d.clock.now();
     if (row.status == "needs_reauth") throw reauth_error(row);
+    if (f.t == trigger::scheduled) {
+      // Claimed as due: still due under the current provider settings and stored version?
+      // (Provider changes never re-stamp rows in bulk; a claim finds out here.)
+      auto due = policy::next_refresh_at(policy::facts_of(row), sched);
+      const bool cooling = provider.cooldown_until && *provider.cooldown_until > now;
+      if (!due || *due > now || cooling) {
+        if (due && cooling) due = std::max(*due, *provider.cooldown_until);
+        co_await lock.run([&](pqxx::work& tx) { store::restamp_connection(tx, row.row_id, due); });
+        co_await lock.commit();
+        f.settled = true;
+        flight_result fr;
+        fr.not_due = true;
+        fr.conn = std::move(row);
+        co_return fr;
+      }
+    }
     // Another instance (or an earlier flight) already stored a newer, unexpired version.
     if (row.token_version > f.trigger_version && row.access_expires_at > now) {
       co_return co_await serve(std::move(row));
@@ -279,10 +311,12 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       why.description = e.description;
       const auto err = last_error_json("config_error", why, 0, now);
       co_await lock.run([&](pqxx::work& tx) {
-        store::record_refresh_failure(tx, row.tenant_id, row.id, err, std::nullopt);
+        store::record_refresh_failure(tx, row.tenant_id, row.id, err, std::nullopt,
+                                      retry_at(d, row, provider, now));
         store::append_event(tx, e);
       });
       co_await lock.commit();
+      f.settled = true;
       d.metrics.refresh_outcome(tname, "config_error");
       throw api_error(errc::provider_config_error,
                       "the connection's refresh token was issued for " + row.token_origin +
@@ -476,12 +510,30 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         t.access_expires_at = sent_at;
         t.access_lifetime = row.access_lifetime;
       }
+      const bool rotated = t.refresh_token.has_value();
       if (!t.refresh_token) {
         t.refresh_token = opened->refresh_token;  // no rotation: keep the old one
         t.refresh_expires_at = row.refresh_expires_at;
       }
       if (!t.scope) t.scope = row.scope;
       const long long new_version = row.token_version + 1;
+      // The due rule for the new token set. A refresh inside the keep-alive margin that did not
+      // move the refresh token's expiry (an absolute lifetime) stops keep-alive for it.
+      connection_record next = row;
+      next.access_expires_at = t.access_expires_at;
+      next.access_lifetime = t.access_lifetime;
+      next.refresh_expires_at = t.refresh_expires_at;
+      if (rotated) next.refresh_lifetime = t.refresh_lifetime;
+      next.next_attempt_at.reset();
+      const auto keepalive_due = policy::keepalive_due_at(policy::facts_of(row), sched);
+      const bool keepalive_needed = keepalive_due && *keepalive_due <= sent_at;
+      next.refresh_token_expiring =
+          (keepalive_needed || row.refresh_token_expiring) &&
+          !policy::keepalive_renewed(row.refresh_expires_at, t.refresh_expires_at,
+                                     policy::keepalive_margin(policy::facts_of(row), sched));
+      const bool newly_expiring = next.refresh_token_expiring && !row.refresh_token_expiring;
+      auto next_refresh = policy::next_refresh_at(policy::facts_of(next), sched);
+      if (!usable) next_refresh = retry_at(d, row, provider, sent_at);
       const store::token_write w{
           crypto::seal_tokens(d.keys, row.tenant_id, row.id, row.row_id, new_version, t),
           t.token_type,
@@ -489,7 +541,20 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
           t.access_expires_at,
           t.access_lifetime,
           t.refresh_expires_at,
-          sent_at};
+          sent_at,
+          next_refresh,
+          next.refresh_lifetime,
+          next.refresh_token_expiring};
+      event_record expiring_event;
+      if (newly_expiring) {
+        expiring_event = flight_event(d, f, row);
+        expiring_event.outcome = "refresh_token_expiring";
+        expiring_event.token_version_before = new_version;
+        expiring_event.description =
+            "the refresh token expires at " + format_rfc3339(*t.refresh_expires_at) +
+            " and refreshing did not renew it (the provider's refresh-token lifetime is "
+            "absolute): keep-alive stopped; reauthorize the connection before then";
+      }
       e.outcome = usable ? "refreshed" : "provider_error";
       e.description = cls.description;
       e.token_version_after = new_version;
@@ -507,6 +572,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         if (!stored) return false;
         store::notify_change(tx, change_key);
         store::append_event(tx, e);
+        if (newly_expiring) store::append_event(tx, expiring_event);
         store::close_attempt(tx, marker_id, "done");
         return true;
       };
@@ -538,6 +604,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         f.persist_pending = false;
         throw write_pending_error();
       }
+      f.settled = true;
+      if (newly_expiring) d.metrics.refresh_outcome(tname, "refresh_token_expiring");
       if (f.persist_pending.exchange(false)) {
         log::write(log::level::warn, "pending token set stored",
                    {{"tenant", row.tenant_id},
@@ -613,7 +681,11 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
           store::set_provider_cooldown(tx, row.tenant_id, provider.id,
                                        now + d.opts.config_error_cooldown);
         }
-        store::record_refresh_failure(tx, row.tenant_id, row.id, err, std::nullopt);
+        store::record_refresh_failure(
+            tx, row.tenant_id, row.id, err, std::nullopt,
+            retry_at(d, row, provider, now,
+                     config ? std::optional<sys_time>(now + d.opts.config_error_cooldown)
+                            : std::nullopt));
         store::append_event(tx, e);
         store::close_attempt(tx, marker_id, "failed");
         return true;
@@ -622,6 +694,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
           co_await commit_after_answer(d, f, lock, aw, steady::now() + kBookkeepingTime, false);
       if (o != policy::write_outcome::committed) {
         close_marker_later(d, marker_id, "failed", steady::now() + window);
+      } else {
+        f.settled = true;
       }
       d.metrics.refresh_outcome(tname, e.outcome);
       throw api_error(config ? errc::provider_config_error : errc::provider_error,
@@ -653,7 +727,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     aw.write = [&](pqxx::transaction_base& tx) {
       store::close_attempt(tx, marker_id, state);
       if (!last_error.empty()) {
-        store::record_refresh_failure(tx, row.tenant_id, row.id, last_error, next_attempt);
+        store::record_refresh_failure(tx, row.tenant_id, row.id, last_error, next_attempt,
+                                      retry_at(d, row, provider, d.clock.now(), next_attempt));
       }
       return true;
     };
@@ -661,6 +736,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         co_await commit_after_answer(d, f, lock, aw, steady::now() + kBookkeepingTime, false);
     if (o != policy::write_outcome::committed) {
       close_marker_later(d, marker_id, state, steady::now() + window);
+    } else if (!last_error.empty()) {
+      f.settled = true;
     }
   }
   co_return transient_result(row, retry_after, opened->access_token);
@@ -690,6 +767,16 @@ asio::awaitable<flight_result> fly(const engine_deps& d, flight& f) {
     std::size_t unit;
     ~slot_guard() { s.release(unit); }
   };
+  // The provider's rate first (a flight waiting for it holds nothing else); on-demand flights
+  // go before scheduled ones when tokens are short.
+  if (provider.refresh_rate_per_s) {
+    auto& bucket = d.rate_bucket(f.tenant, provider.id);
+    if (!co_await bucket.take(static_cast<double>(*provider.refresh_rate_per_s), f.deadline,
+                              f.t != trigger::scheduled)) {
+      d.metrics.slot_wait_timeout("rate");
+      throw provider_unavailable_error(1);
+    }
+  }
   auto& tenant_cap = d.tenant_slots(f.tenant);
   auto tenant_slot = co_await tenant_cap.acquire(f.deadline);
   if (!tenant_slot) {

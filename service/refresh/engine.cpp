@@ -50,6 +50,14 @@ async::semaphore& engine_deps::tenant_slots(const std::string& tenant) const {
   return *s;
 }
 
+async::token_bucket& engine_deps::rate_bucket(const std::string& tenant,
+                                             const std::string& provider) const {
+  std::lock_guard lk(slots_mu);
+  auto& b = buckets[{tenant, provider}];
+  if (!b) b = std::make_unique<async::token_bucket>();
+  return *b;
+}
+
 }  // namespace detail
 
 engine::engine(asio::any_io_executor ex, engine_options opts, store::db_pool& db,
@@ -247,6 +255,65 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
         throw *r->error;
     }
   }
+}
+
+asio::awaitable<scheduled_report> engine::run_scheduled(const scheduled_claim& claim) {
+  scheduled_report rep;
+  std::shared_ptr<flight> f;
+  bool started = false;
+  {
+    std::lock_guard lk(mu_);
+    auto& slot = flights_[{claim.tenant, claim.id}];
+    if (slot && slot->persist_pending) {
+      rep.outcome = "deferred";  // this instance is still writing a rotated token set
+      co_return rep;
+    }
+    if (!slot) {
+      slot = std::make_shared<flight>();
+      slot->tenant = claim.tenant;
+      slot->id = claim.id;
+      slot->t = trigger::scheduled;
+      slot->trigger_version = claim.token_version;
+      slot->request_id = "sched-" + std::to_string(claim.row_id) + "-" +
+                         std::to_string(claim.token_version);
+      slot->deadline = steady::now() + d_->opts.request_timeout;
+      started = true;
+    }
+    f = slot;
+  }
+  // A flight already in progress (an on-demand caller's) is joined: its write clears the claim,
+  // or the scheduler releases it.
+  if (started) asio::co_spawn(d_->ex, run_flight(f), asio::detached);
+  std::shared_ptr<flight::waiter> w;
+  {
+    std::lock_guard lk(f->mu);
+    if (!f->done) {
+      w = std::make_shared<flight::waiter>(co_await asio::this_coro::executor);
+      f->waiters.push_back(w);
+    }
+  }
+  // A flight always ends: its provider call is bounded by the answer timeout and its write
+  // retries only while the deadline of the write allows.
+  if (w) {
+    while (!co_await w->done.wait_until(steady::now() + std::chrono::hours(1))) {
+    }
+  }
+  std::lock_guard lk(f->mu);
+  if (w) std::erase(f->waiters, w);
+  const auto& r = f->result;
+  rep.settled = f->settled;
+  if (r.error) {
+    rep.outcome = std::string(describe(r.error->code()).code);
+  } else if (r.not_due) {
+    rep.outcome = "not_due";
+  } else if (r.transient) {
+    rep.outcome = "transient";
+  } else if (r.conn && r.conn->token_version > claim.token_version) {
+    rep.outcome = "refreshed";
+  } else {
+    rep.outcome = "deferred";
+  }
+  co_return rep;
 }
 
 asio::awaitable<void> engine::run_flight(std::shared_ptr<flight> f) {

@@ -57,6 +57,10 @@ struct engine_options {
   std::chrono::seconds failure_backoff{2};  // no provider call for this long after a failed flight
   std::chrono::milliseconds fence_poll{200};  // how often a fenced flight re-reads the marker
   int max_attempts = 3;
+  // The due rule stamped by every write (core/schedule_policy).
+  std::chrono::seconds keepalive_margin{604800};
+  // Scheduled retries after failures: base * 2^(n-1), at most the access-token window.
+  std::chrono::milliseconds scheduled_backoff_base{2000};
   // Test hook: the first commit of a refreshed token set reports a failure after it committed
   // (a COMMIT acknowledgement lost on the wire), so the retry must recognise its own write.
   bool test_lose_commit_ack = false;
@@ -67,6 +71,19 @@ struct caller {
   std::string tenant;
   std::string request_id;
   std::chrono::steady_clock::time_point deadline;
+};
+
+// A connection the scheduler claimed (store::due_claim, without the store's header).
+struct scheduled_claim {
+  std::string tenant, id, provider;
+  long long row_id = 0;
+  long long token_version = 0;
+};
+
+// How a scheduled refresh ended, for the scheduler's metrics and its claim.
+struct scheduled_report {
+  std::string outcome;   // refreshed, not_due, transient, deferred, or an error code
+  bool settled = false;  // a committed write already cleared the claim
 };
 
 struct token_answer {
@@ -94,6 +111,12 @@ class engine {
   // POST /v1/tokens/{id}/refresh: conditional (if_token_version) or forced. Thread-safe.
   boost::asio::awaitable<token_answer> refresh(const caller& who, const std::string& id,
                                                std::optional<long long> if_token_version);
+
+  // A proactive refresh of a claimed connection: the same flight, fence and compare-and-swap
+  // as on-demand calls (it joins a flight already in progress), with the request timeout as its
+  // deadline. Re-checks the due rule under the row lock: a connection no longer due is only
+  // re-stamped. Completes when the flight has ended (possibly after its deadline). Never throws.
+  boost::asio::awaitable<scheduled_report> run_scheduled(const scheduled_claim& claim);
 
   // Flights in progress, including those past their callers' deadline that still await a
   // provider answer or retry a write (graceful shutdown waits for zero).

@@ -17,6 +17,7 @@
 
 #include "async/semaphore.hpp"
 #include "async/signal.hpp"
+#include "async/token_bucket.hpp"
 #include "core/errors.hpp"
 #include "core/flight_policy.hpp"
 #include "core/model.hpp"
@@ -52,6 +53,8 @@ struct engine_deps {
   async::semaphore& provider_slots(const std::string& tenant, const std::string& provider) const;
   // The per-tenant cap (the tenant share rule), acquired before the provider slot and the pool.
   async::semaphore& tenant_slots(const std::string& tenant) const;
+  // The per-(tenant, provider) refresh rate (provider refresh_rate_per_s) of this process.
+  async::token_bucket& rate_bucket(const std::string& tenant, const std::string& provider) const;
 
   boost::asio::any_io_executor ex;
   engine_options opts;
@@ -67,6 +70,8 @@ struct engine_deps {
   mutable std::mutex slots_mu;
   mutable std::map<std::pair<std::string, std::string>, std::unique_ptr<async::semaphore>> slots;
   mutable std::map<std::string, std::unique_ptr<async::semaphore>> tenant_caps;
+  mutable std::map<std::pair<std::string, std::string>, std::unique_ptr<async::token_bucket>>
+      buckets;
 };
 
 using trigger = policy::trigger_kind;
@@ -78,6 +83,7 @@ struct flight_result {
   std::optional<api_error> error;           // a failure every waiter gets
   bool transient = false;                   // the refresh failed transiently: callers fall back
   int retry_after = 1;
+  bool not_due = false;  // a scheduled flight found the connection not due: only re-stamped
 };
 
 // One refresh of one connection in this process. Owned by the engine's flight table (not by
@@ -101,6 +107,8 @@ struct flight {
   // Set when the callers' deadline passed with that token set not stored yet: the write goes on
   // in the background, and this instance answers 503 for the connection meanwhile.
   std::atomic<bool> persist_pending{false};
+  // Set when a committed write of this flight cleared the row's scheduler claim.
+  std::atomic<bool> settled{false};
 
   std::mutex mu;  // guards done, result, waiters, joined, pending_fingerprint
   bool done = false;

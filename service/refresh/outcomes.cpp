@@ -20,6 +20,8 @@ std::string trigger_name(trigger t) {
       return "forced";
     case trigger::conditional:
       return "conditional";
+    case trigger::scheduled:
+      return "scheduled";
     case trigger::on_demand:
       break;
   }

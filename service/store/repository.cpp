@@ -33,7 +33,7 @@ const std::string kProviderColumns =
     "secret_version, authorize_url, token_url, array_to_json(scopes)::text, "
     "token_endpoint_auth_method, pkce, redirect_uri, default_expires_in, refresh_token_lifetime, "
     "refresh_ahead, refresh_scope, canary_url, " TS("cooldown_until") ", " TS("created_at") ", " TS(
-        "updated_at");
+        "updated_at") ", refresh_rate_per_s";
 
 provider_record to_provider(const pqxx::row& r) {
   provider_record p;
@@ -60,6 +60,7 @@ provider_record to_provider(const pqxx::row& r) {
   p.cooldown_until = opt_ts(r[20]);
   p.created_at = ts(r[21]);
   p.updated_at = ts(r[22]);
+  if (!r[23].is_null()) p.refresh_rate_per_s = r[23].as<long long>();
   return p;
 }
 
@@ -73,7 +74,8 @@ const std::string kConnectionColumns =
     "WHERE l.tenant_id = connections.tenant_id AND l.connection_id = connections.id AND "
     "l.kind = 'reauth' AND l.connection_row_id = connections.row_id AND "
     "l.status IN ('open', 'opened', 'declined', 'failed') AND l.expires_at > now() "
-    "ORDER BY l.created_at DESC, l.id DESC LIMIT 1)";
+    "ORDER BY l.created_at DESC, l.id DESC LIMIT 1), " TS(
+        "next_refresh_at") ", refresh_lifetime, refresh_token_expiring";
 
 connection_record to_connection(const pqxx::row& r) {
   connection_record c;
@@ -112,6 +114,9 @@ connection_record to_connection(const pqxx::row& r) {
                                   v.substr(b + 1)};
     }
   }
+  c.next_refresh_at = opt_ts(r[27]);
+  if (!r[28].is_null()) c.refresh_lifetime = r[28].as<long long>();
+  c.refresh_token_expiring = r[29].as<bool>();
   return c;
 }
 
@@ -243,10 +248,10 @@ provider_record upsert_provider(tx_t& tx, const provider_record& p) {
       "INSERT INTO providers (tenant_id, id, row_id, type, display_name, client_id, "
       "client_secret_ct, key_id, secret_version, authorize_url, token_url, scopes, "
       "token_endpoint_auth_method, pkce, redirect_uri, default_expires_in, refresh_token_lifetime, "
-      "refresh_ahead, refresh_scope, canary_url) VALUES ($1, $2, $3, $4, $5, $6, "
-      "NULLIF($7, ''::bytea), $8, $9, $10, $11, " +
+      "refresh_ahead, refresh_scope, canary_url, refresh_rate_per_s) VALUES ($1, $2, $3, $4, $5, "
+      "$6, NULLIF($7, ''::bytea), $8, $9, $10, $11, " +
           array_param(12) +
-          ", $13, $14, $15, $16, $17, $18, $19, $20) "
+          ", $13, $14, $15, $16, $17, $18, $19, $20, $21) "
           "ON CONFLICT (tenant_id, id) DO UPDATE SET type = EXCLUDED.type, "
           "display_name = EXCLUDED.display_name, client_id = EXCLUDED.client_id, "
           "client_secret_ct = EXCLUDED.client_secret_ct, key_id = EXCLUDED.key_id, "
@@ -256,13 +261,14 @@ provider_record upsert_provider(tx_t& tx, const provider_record& p) {
           "redirect_uri = EXCLUDED.redirect_uri, default_expires_in = EXCLUDED.default_expires_in, "
           "refresh_token_lifetime = EXCLUDED.refresh_token_lifetime, "
           "refresh_ahead = EXCLUDED.refresh_ahead, refresh_scope = EXCLUDED.refresh_scope, "
-          "canary_url = EXCLUDED.canary_url, cooldown_until = NULL, updated_at = now() "
+          "canary_url = EXCLUDED.canary_url, refresh_rate_per_s = EXCLUDED.refresh_rate_per_s, "
+          "cooldown_until = NULL, updated_at = now() "
           "RETURNING " +
           kProviderColumns,
       p.tenant_id, p.id, p.row_id, p.type, p.display_name, p.client_id, bytes(p.client_secret_ct),
       p.key_id, p.secret_version, p.authorize_url, p.token_url, json_array(p.scopes), p.auth_method,
       p.pkce, p.redirect_uri, p.default_expires_in, p.refresh_token_lifetime, p.refresh_ahead,
-      p.refresh_scope, p.canary_url);
+      p.refresh_scope, p.canary_url, p.refresh_rate_per_s);
   return to_provider(r[0]);
 }
 
@@ -302,15 +308,16 @@ connection_record insert_connection(tx_t& tx, const connection_record& c) {
       tx,
       "INSERT INTO connections (tenant_id, id, row_id, provider_id, status, token_version, key_id, "
       "access_token_ct, refresh_token_ct, access_token_fp, refresh_token_fp, token_type, scope, "
-      "metadata, access_expires_at, access_lifetime, refresh_expires_at, token_origin) VALUES ($1, "
-      "$2, $3, $4, 'active', $5, $6, $7, NULLIF($8, ''::bytea), $9, $10, $11, $12, $13::jsonb, " +
-          ts_param(14) + ", $15, " + ts_param(16) + ", NULLIF($17, '')) RETURNING " +
-          kConnectionColumns,
+      "metadata, access_expires_at, access_lifetime, refresh_expires_at, token_origin, "
+      "next_refresh_at, refresh_lifetime) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, "
+      "NULLIF($8, ''::bytea), $9, $10, $11, $12, $13::jsonb, " +
+          ts_param(14) + ", $15, " + ts_param(16) + ", NULLIF($17, ''), " + ts_param(18) +
+          ", $19) RETURNING " + kConnectionColumns,
       c.tenant_id, c.id, c.row_id, c.provider_id, c.token_version, c.sealed.key_id,
       pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
       c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope, c.metadata,
       to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at),
-      c.token_origin);
+      c.token_origin, opt_us(c.next_refresh_at), c.refresh_lifetime);
   return to_connection(r[0]);
 }
 
@@ -323,14 +330,18 @@ std::optional<connection_record> replace_connection(tx_t& tx, const connection_r
                 "metadata = $12::jsonb, access_expires_at = " +
                     ts_param(13) + ", access_lifetime = $14, refresh_expires_at = " + ts_param(15) +
                     ", last_error = NULL, reauth_reason = NULL, consecutive_failures = 0, "
-                    "next_attempt_at = NULL, token_origin = NULLIF($17, ''), updated_at = now() "
+                    "next_attempt_at = NULL, token_origin = NULLIF($17, ''), next_refresh_at = " +
+                    ts_param(18) +
+                    ", refresh_lifetime = $19, refresh_token_expiring = false, claimed_by = NULL, "
+                    "claim_expires_at = NULL, updated_at = now() "
                     "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
                     kConnectionColumns,
                 c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
                 pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
                 c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
                 c.metadata, to_micros(c.access_expires_at), c.access_lifetime,
-                opt_us(c.refresh_expires_at), expected_version, c.token_origin);
+                opt_us(c.refresh_expires_at), expected_version, c.token_origin,
+                opt_us(c.next_refresh_at), c.refresh_lifetime);
   return first_row(r, to_connection);
 }
 
@@ -344,6 +355,10 @@ std::optional<connection_record> reauthorize_connection(tx_t& tx, const connecti
                     ts_param(11) + ", access_lifetime = $12, refresh_expires_at = " + ts_param(13) +
                     ", last_refreshed_at = now(), last_error = NULL, reauth_reason = NULL, "
                     "consecutive_failures = 0, next_attempt_at = NULL, token_origin = $14, "
+                    "next_refresh_at = " +
+                    ts_param(17) +
+                    ", refresh_lifetime = $18, refresh_token_expiring = false, claimed_by = NULL, "
+                    "claim_expires_at = NULL, "
                     "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND row_id = $15 "
                     "AND token_version = $16 RETURNING " +
                     kConnectionColumns,
@@ -351,7 +366,8 @@ std::optional<connection_record> reauthorize_connection(tx_t& tx, const connecti
                 pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
                 c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
                 to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at),
-                c.token_origin, c.row_id, expected_version);
+                c.token_origin, c.row_id, expected_version, opt_us(c.next_refresh_at),
+                c.refresh_lifetime);
   return first_row(r, to_connection);
 }
 
@@ -374,6 +390,10 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                     ts_param(11) + ", access_lifetime = $12, refresh_expires_at = " + ts_param(13) +
                     ", last_refreshed_at = " + ts_param(14) +
                     ", consecutive_failures = 0, next_attempt_at = NULL, last_error = NULL, "
+                    "next_refresh_at = " +
+                    ts_param(16) +
+                    ", refresh_lifetime = $17, refresh_token_expiring = $18, claimed_by = NULL, "
+                    "claim_expires_at = NULL, "
                     "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND token_version = $3 "
                     "AND row_id = $15 AND status = 'active' RETURNING " +
                     kConnectionColumns,
@@ -381,7 +401,8 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                 pqxx::binarystring(w.sealed.access_token_ct), bytes(w.sealed.refresh_token_ct),
                 w.sealed.access_token_fp, w.sealed.refresh_token_fp, w.token_type, w.scope,
                 to_micros(w.access_expires_at), w.access_lifetime, opt_us(w.refresh_expires_at),
-                to_micros(w.refreshed_at), expected_row_id);
+                to_micros(w.refreshed_at), expected_row_id, opt_us(w.next_refresh_at),
+                w.refresh_lifetime, w.refresh_token_expiring);
   return first_row(r, to_connection);
 }
 
@@ -446,6 +467,7 @@ bool mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& i
   return !exec(tx,
                "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, "
                "last_error = $4::jsonb, consecutive_failures = consecutive_failures + 1, "
+               "next_refresh_at = NULL, claimed_by = NULL, claim_expires_at = NULL, "
                "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND row_id = $5 "
                "AND token_version = $6 AND status = 'active' RETURNING 1",
                tenant, id, reason, last_error_json, expected_row_id, expected_version)
@@ -454,12 +476,66 @@ bool mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& i
 
 void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
                             const std::string& last_error_json,
-                            const std::optional<sys_time>& next_attempt_at) {
+                            const std::optional<sys_time>& next_attempt_at,
+                            sys_time next_refresh_at) {
   exec(tx,
        "UPDATE connections SET last_error = $3::jsonb, consecutive_failures = "
        "consecutive_failures + 1, next_attempt_at = " +
-           ts_param(4) + ", updated_at = now() WHERE tenant_id = $1 AND id = $2",
-       tenant, id, last_error_json, opt_us(next_attempt_at));
+           ts_param(4) + ", next_refresh_at = CASE WHEN status = 'active' AND refresh_token_ct "
+           "IS NOT NULL THEN " + ts_param(5) + " END, claimed_by = NULL, claim_expires_at = NULL, "
+           "updated_at = now() WHERE tenant_id = $1 AND id = $2",
+       tenant, id, last_error_json, opt_us(next_attempt_at), to_micros(next_refresh_at));
+}
+
+void restamp_connection(tx_t& tx, long long row_id, const std::optional<sys_time>& next_refresh_at) {
+  exec(tx,
+       "UPDATE connections SET next_refresh_at = " + ts_param(2) +
+           ", claimed_by = NULL, claim_expires_at = NULL WHERE row_id = $1",
+       row_id, opt_us(next_refresh_at));
+}
+
+std::vector<due_claim> claim_due(tx_t& tx, const std::string& instance, int limit,
+                                 long long lease_s) {
+  // The lease is committed and the row locks released with this statement's transaction: the
+  // engine then locks the row on its own session. Rows locked by a refresh in progress are
+  // skipped, and so are providers on cool-down.
+  auto r = exec(tx,
+                "WITH due AS (SELECT c.row_id FROM connections c WHERE c.status = 'active' "
+                "AND c.next_refresh_at <= now() AND (c.claim_expires_at IS NULL OR "
+                "c.claim_expires_at <= now()) AND NOT EXISTS (SELECT 1 FROM providers p WHERE "
+                "p.tenant_id = c.tenant_id AND p.id = c.provider_id AND p.cooldown_until > now()) "
+                "ORDER BY c.next_refresh_at LIMIT $1 FOR UPDATE OF c SKIP LOCKED) "
+                "UPDATE connections c SET claimed_by = $2, claim_expires_at = now() + $3 * "
+                "interval '1 second' FROM due WHERE c.row_id = due.row_id RETURNING c.tenant_id, "
+                "c.id, c.row_id, c.provider_id, c.token_version, " TS("c.next_refresh_at"),
+                limit, instance, lease_s);
+  std::vector<due_claim> out;
+  out.reserve(r.size());
+  for (const auto& row : r) {
+    out.push_back(due_claim{row[0].as<std::string>(), row[1].as<std::string>(),
+                            row[2].as<long long>(), row[3].as<std::string>(),
+                            row[4].as<long long>(), ts(row[5])});
+  }
+  return out;
+}
+
+void release_claims(tx_t& tx, const std::string& instance, const std::vector<long long>& row_ids,
+                    long long delay_ms) {
+  if (row_ids.empty()) return;
+  exec(tx,
+       "UPDATE connections SET claimed_by = NULL, claim_expires_at = NULL, next_refresh_at = "
+       "CASE WHEN next_refresh_at <= now() THEN now() + $3 * interval '1 millisecond' ELSE "
+       "next_refresh_at END WHERE row_id = ANY($1::bigint[]) AND claimed_by = $2",
+       pg_bigint_array(row_ids), instance, delay_ms);
+}
+
+long long count_due_unclaimed(tx_t& tx, long long cap) {
+  return exec(tx,
+              "SELECT count(*) FROM (SELECT 1 FROM connections WHERE status = 'active' AND "
+              "next_refresh_at <= now() AND (claim_expires_at IS NULL OR claim_expires_at <= "
+              "now()) LIMIT $1) d",
+              cap)[0][0]
+      .as<long long>();
 }
 
 void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::string& id,

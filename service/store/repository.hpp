@@ -80,6 +80,9 @@ struct token_write {
   long long access_lifetime;
   std::optional<sys_time> refresh_expires_at;
   sys_time refreshed_at;
+  std::optional<sys_time> next_refresh_at;  // the due rule's stamp for the new token set
+  std::optional<long long> refresh_lifetime;
+  bool refresh_token_expiring = false;
 };
 // The swap also requires the row identity (not deleted and re-created) and status `active`.
 std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string& tenant,
@@ -111,10 +114,33 @@ rotation_counts count_not_under(tx_t& tx, const std::string& active_kid);
 bool mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
                        long long expected_row_id, long long expected_version,
                        const std::string& reason, const std::string& last_error_json);
-// consecutive_failures + 1, last_error, and when the next provider call may be made.
+// consecutive_failures + 1, last_error, when the next provider call may be made and when the
+// scheduler tries next (ignored unless active with a refresh token); clears a claim.
 void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
                             const std::string& last_error_json,
-                            const std::optional<sys_time>& next_attempt_at);
+                            const std::optional<sys_time>& next_attempt_at,
+                            sys_time next_refresh_at);
+
+// The scheduler. Every write of a connection clears its claim; these are the scheduler's own.
+// A new next_refresh_at without any other change (a claimed row not due under the current
+// provider settings), clearing the claim.
+void restamp_connection(tx_t& tx, long long row_id, const std::optional<sys_time>& next_refresh_at);
+struct due_claim {
+  std::string tenant_id, id;
+  long long row_id = 0;
+  std::string provider_id;
+  long long token_version = 0;
+  sys_time due_at;  // next_refresh_at when claimed
+};
+// Claims up to `limit` due, unclaimed (or lease-expired) active rows whose provider is not on
+// cool-down, oldest due first, with FOR UPDATE SKIP LOCKED; commits a lease of `lease_s`.
+std::vector<due_claim> claim_due(tx_t& tx, const std::string& instance, int limit,
+                                 long long lease_s);
+// Releases this instance's claims on `row_ids`; a row still due is pushed back by delay_ms.
+void release_claims(tx_t& tx, const std::string& instance, const std::vector<long long>& row_ids,
+                    long long delay_ms);
+// Due rows nobody holds a live claim on, counted up to `cap`.
+long long count_due_unclaimed(tx_t& tx, long long cap);
 void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::string& id,
                              sys_time at);
 

@@ -51,7 +51,10 @@ TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing 
                            t.access_expires_at,
                            3600,
                            std::nullopt,
-                           test_now()};
+                           test_now(),
+                           std::nullopt,
+                           std::nullopt,
+                           false};
       auto out = store::cas_write_token_set(tx, "acme", "c1", row_id, version, w);
       tx.commit();
       return out.has_value();

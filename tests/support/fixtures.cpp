@@ -146,6 +146,9 @@ tokend_process::tokend_process(const std::string& database_url,
       {"TOKEND_REFRESH_POOL_SIZE", "4"},
       {"TOKEND_LOG_FORMAT", "json"},
       {"TOKEND_ENVIRONMENT", "test"},
+      // Tests of on-demand behaviour count provider calls exactly: the scheduler would refresh
+      // their expired imports on its own. The scheduler's tests turn it on.
+      {"TOKEND_SCHEDULER", "off"},
   };
   for (auto& [k, v] : env) full[k] = v;
   // TOKEND_TEST_BINARY: run another build of tokend (a sanitizer build) under these tests.
