@@ -11,10 +11,11 @@ namespace tokend::async {
 namespace {
 constexpr auto kMinWait = std::chrono::milliseconds(1);
 constexpr auto kMaxWait = std::chrono::milliseconds(200);
+constexpr double kBurstSeconds = 0.2;  // the bucket holds 200 ms of the rate
 }  // namespace
 
 void token_bucket::refill(clock::time_point now, double rate) {
-  const double burst = std::max(1.0, rate);
+  const double burst = std::max(1.0, rate * kBurstSeconds);
   if (!started_) {
     started_ = true;
     tokens_ = burst;

@@ -66,6 +66,7 @@ TEST_CASE("providers: airtable defaults, replace, secret handling", "[api_provid
   REQUIRE(r.status == 201);
   CHECK(r.json()["client_secret_set"] == false);
   CHECK(r.json()["refresh_scope"] == "a b");
+  CHECK(r.json()["refresh_rate_per_s"].is_null());  // unlimited unless set
 
   auto list = t.call("GET", "/v1/providers", key);
   REQUIRE(list.status == 200);
@@ -97,6 +98,9 @@ TEST_CASE("providers: bad input is 400 naming the field, nothing written", "[api
   check_invalid_request(with("token_endpoint_auth_method", "private_key_jwt"),
                         "/token_endpoint_auth_method");
   check_invalid_request(with("pkce", "yes"), "/pkce");
+  check_invalid_request(with("refresh_rate_per_s", 0), "/refresh_rate_per_s");
+  check_invalid_request(with("refresh_rate_per_s", "50"), "/refresh_rate_per_s");
+  check_invalid_request(with("refresh_rate_per_s", 1.5), "/refresh_rate_per_s");
   check_invalid_request(with("scopes", {"a b"}), "/scopes/0");
   check_invalid_request(with("scopes", {1}), "/scopes/0");
   check_invalid_request(with("default_expires_in", 0), "/default_expires_in");

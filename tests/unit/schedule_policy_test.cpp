@@ -130,17 +130,21 @@ TEST_CASE("scheduled back-off doubles to the cap and is never zero", "[schedule_
   }
 }
 
-TEST_CASE("token bucket: a second's burst, then the rate; priority takers go first",
+TEST_CASE("token bucket: a 200 ms burst, then the rate",
           "[schedule_policy]") {
   async::token_bucket b;
   const auto now = std::chrono::steady_clock::time_point{} + 1000s;
   int taken = 0;
   while (!b.try_take(now, 50, false)) ++taken;
-  CHECK(taken == 50);  // the burst: one second's worth
+  CHECK(taken == 10);  // the burst: 200 ms worth
   // 100 ms later: 5 more.
   taken = 0;
   while (!b.try_take(now + 100ms, 50, false)) ++taken;
   CHECK(taken == 5);
+  // A full second later the bucket holds its burst again, not a second's worth.
+  taken = 0;
+  while (!b.try_take(now + 1100ms, 50, false)) ++taken;
+  CHECK(taken == 10);
   // The wait it reports until the next token: 20 ms at 50/s.
   const auto w = b.try_take(now + 100ms, 50, false);
   REQUIRE(w.has_value());
