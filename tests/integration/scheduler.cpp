@@ -420,7 +420,7 @@ TEST_CASE("a provider rate of 50/s is never exceeded; on-demand calls are still 
     const auto took = std::chrono::steady_clock::now() - t0;
     INFO(r.body);
     CHECK(r.status == 200);
-    CHECK(took < 3s);
+    CHECK(took < 5s);  // the request deadline is 15 s; the bucket wait is milliseconds
   }
   REQUIRE(eventually(
       [&] {
