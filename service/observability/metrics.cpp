@@ -163,6 +163,7 @@ metrics::metrics() : impl_(std::make_unique<impl>()) {
   impl_->slot_timeouts.Add({{"reason", "provider_cap"}});
   impl_->slot_timeouts.Add({{"reason", "pool"}});
   impl_->slot_timeouts.Add({{"reason", "rate"}});
+  impl_->joined.Add({});
   impl_->sched_claims.Add({});
   impl_->sched_backlog.Add({}).Set(0);
   impl_->sched_in_flight.Add({}).Set(0);

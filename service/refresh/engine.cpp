@@ -216,6 +216,12 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
       }
     }
 
+    // A scheduled flight that found the row not due for the scheduler refreshed nothing; this
+    // caller wants a refresh by its own rule (min_ttl, forced, conditional): its own flight.
+    if (r && r->not_due && round < kMaxRounds &&
+        steady::now() + std::chrono::milliseconds(50) < who.deadline) {
+      continue;
+    }
     policy::flight_outcome fo;
     fo.finished = r.has_value();
     fo.answered = f->answered;

@@ -322,6 +322,9 @@ TEST_CASE("needs_reauth, cooled-down and refresh-token-less connections are neve
   CHECK(version_of(db, "acme", "nort") == 1);
   CHECK(version_of(db, "acme", "reauth") == 1);
   CHECK(version_of(db, "acme", "cooled") == 1);
+  // Only the control connection was ever claimed (a claim of the others would be released
+  // without a trace but for this count).
+  CHECK(metric_value(t.get("/metrics").body, "tokend_scheduler_claims_total") == 1);
   // The backlog gauge counts the cooled row as due and unclaimed (it is, and ops should see it).
   REQUIRE(eventually(
       [&] {
@@ -503,4 +506,48 @@ TEST_CASE("SIGKILL after claiming: the claims expire and another instance refres
   CHECK(db.query_int("SELECT count(*) FROM connections WHERE claimed_by IS NOT NULL") == 0);
   CHECK(db.query_int("SELECT count(*) FROM connections WHERE next_refresh_at <= now()") == 5);
   CHECK(requests_seen(fake) == 5);
+}
+
+TEST_CASE("a forced refresh that joins a scheduled flight finding the row not due still refreshes",
+          "[scheduler]") {
+  node_peer fake{"fake-token-endpoint.mjs"};
+  scratch_database db;
+  tokend_process t(db.url(), sched_env({{"TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", "1500"}}));
+  auto key = t.tenant_key("acme");
+  put_provider(t, key, "p", fake.url("/token"));
+  REQUIRE(import_connection(t, key, "c1", "p", "at", "rt", 3600) == 201);
+  // Due by hand, not by the rule (the token is valid for an hour): the scheduled flight will
+  // only re-stamp it.
+  {
+    pqxx::connection c(db.url());
+    pqxx::work w(c);
+    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second'");
+    w.commit();
+  }
+  REQUIRE(t.process().wait_for_output("scheduler claimed; pausing", 10s));
+  // Hold the row lock so the scheduled flight waits on it, then send a forced refresh: it joins.
+  pqxx::connection holder(db.url());
+  pqxx::work lock(holder);
+  lock.exec("SELECT 1 FROM connections WHERE id = 'c1' FOR UPDATE");
+  std::this_thread::sleep_for(2000ms);  // the pause is over; the flight waits for the lock
+  auto forced = std::async(std::launch::async, [&] {
+    return http_call(t.address(), "POST", "/v1/tokens/c1/refresh", "",
+                     {{"Authorization", "Bearer " + key}}, 20s);
+  });
+  REQUIRE(eventually(
+      [&] { return metric_value(t.get("/metrics").body, "tokend_refresh_joined_total") == 1; },
+      5s));  // the precondition: the forced caller joined the scheduled flight
+  lock.abort();
+  auto r = forced.get();
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.json()["token_version"] == 2);
+  CHECK_FALSE(r.json().contains("refresh_deferred"));
+  CHECK(requests_seen(fake) == 1);
+  auto ev = events_of(t, key, "c1");
+  REQUIRE(ev.size() == 2);
+  CHECK(ev[0]["trigger"] == "forced");
+  CHECK(ev[0]["outcome"] == "refreshed");
+  CHECK(metric_value(t.get("/metrics").body,
+                     "tokend_scheduler_refreshes_total{outcome=\"not_due\",provider=\"p\"}") == 1);
 }
