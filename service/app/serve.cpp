@@ -206,7 +206,7 @@ int serve(const config& c) {
           asio::steady_timer t(ioc);
           // Requests in flight finish; refreshes in flight run to their commit.
           while ((api_server.active_requests() > 0 || engine.in_flight() > 0 ||
-                  reauth_flows.in_flight() > 0) &&
+                  reauth_flows.in_flight() > 0 || (scheduler && scheduler->running() > 0)) &&
                  std::chrono::steady_clock::now() < deadline) {
             t.expires_after(std::chrono::milliseconds(20));
             co_await t.async_wait(asio::use_awaitable);

@@ -71,9 +71,12 @@ std::optional<sys_time> next_refresh_at(const schedule_facts& f, const schedule_
 }
 
 bool keepalive_renewed(const std::optional<sys_time>& old_expiry,
-                       const std::optional<sys_time>& new_expiry, std::chrono::seconds margin) {
+                       const std::optional<sys_time>& new_expiry, std::chrono::seconds margin,
+                       std::chrono::seconds elapsed) {
   if (!new_expiry || !old_expiry) return true;
-  return *new_expiry - *old_expiry >= margin / 4;
+  const auto needed =
+      std::max<std::chrono::seconds>(std::chrono::seconds(2), std::min(margin / 4, elapsed / 2));
+  return *new_expiry - *old_expiry >= needed;
 }
 
 std::chrono::milliseconds scheduled_backoff(int failures, std::chrono::milliseconds base,

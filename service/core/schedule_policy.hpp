@@ -59,11 +59,13 @@ std::optional<sys_time> keepalive_due_at(const schedule_facts& f, const schedule
 std::optional<sys_time> next_refresh_at(const schedule_facts& f, const schedule_settings& s);
 
 // After a refresh of a connection that was inside the keep-alive margin: did the new expiry
-// move forward by at least a quarter of the margin? (A provider with an absolute refresh-token
-// lifetime returns the same expiry; a sliding one moves it by about the margin.) An unknown
-// new expiry counts as renewed.
+// move forward? A sliding lifetime moves it by about the time since the token set was last
+// written (`elapsed`), an absolute one not at all; so it counts as renewed when it moved by
+// at least min(margin / 4, elapsed / 2), and never less than 2 s (rounding of
+// refresh_expires_in). An unknown expiry, old or new, counts as renewed.
 bool keepalive_renewed(const std::optional<sys_time>& old_expiry,
-                       const std::optional<sys_time>& new_expiry, std::chrono::seconds margin);
+                       const std::optional<sys_time>& new_expiry, std::chrono::seconds margin,
+                       std::chrono::seconds elapsed);
 
 // Delay before the next scheduled try after `failures` consecutive failures (>= 1):
 // min(cap, base * 2^(failures-1)) scaled into [1/2, 1] by `random` (never zero, so a failing

@@ -127,7 +127,7 @@ struct metrics::impl {
       prometheus::BuildGauge()
           .Name("tokend_scheduler_backlog")
           .Help("Connections due for a proactive refresh that no instance has claimed (counted "
-                "every 5 s, up to 1,000,000)")
+                "every 5 s, up to 100,000)")
           .Register(*registry);
   prometheus::Family<prometheus::Gauge>& sched_in_flight =
       prometheus::BuildGauge()

@@ -37,6 +37,10 @@ namespace {
 constexpr auto kLockIdleMargin = milliseconds(5000);
 constexpr auto kRelockPause = milliseconds(250);
 constexpr auto kBookkeepingTime = std::chrono::seconds(5);
+constexpr auto kMinRetryCap = std::chrono::seconds(60);
+// A claimed row found not due is re-stamped at least this far ahead, so a clock difference
+// between this host and PostgreSQL (which decides "due" in the claim) cannot make a hot loop.
+constexpr auto kRestampAtLeast = std::chrono::seconds(5);
 
 std::uint64_t random_u64() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -161,7 +165,11 @@ void close_marker_later(const engine_deps& d, long long marker_id, std::string s
 // capped at the access-token window, never before `not_before`.
 sys_time retry_at(const engine_deps& d, const connection_record& row, const provider_record& p,
                   sys_time now, std::optional<sys_time> not_before = std::nullopt) {
-  const auto window = std::chrono::seconds(policy::access_window_s(row.access_lifetime, p.refresh_ahead));
+  // The cap is the access-token window, but never below kMinRetryCap (a window of 0, from
+  // refresh_ahead 0 or a tiny lifetime, must not mean a retry every 2 s forever).
+  const auto window = std::max<std::chrono::seconds>(
+      kMinRetryCap,
+      std::chrono::seconds(policy::access_window_s(row.access_lifetime, p.refresh_ahead)));
   auto at = now + policy::scheduled_backoff(row.consecutive_failures + 1,
                                             d.opts.scheduled_backoff_base,
                                             std::chrono::duration_cast<milliseconds>(window),
@@ -243,9 +251,9 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       const bool cooling = provider.cooldown_until && *provider.cooldown_until > now;
       if (!due || *due > now || cooling) {
         if (due && cooling) due = std::max(*due, *provider.cooldown_until);
+        if (due) due = std::max(*due, now + kRestampAtLeast);
         co_await lock.run([&](pqxx::work& tx) { store::restamp_connection(tx, row.row_id, due); });
-        co_await lock.commit();
-        f.settled = true;
+        f.settled = co_await lock.commit();
         flight_result fr;
         fr.not_due = true;
         fr.conn = std::move(row);
@@ -315,8 +323,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
                                       retry_at(d, row, provider, now));
         store::append_event(tx, e);
       });
-      co_await lock.commit();
-      f.settled = true;
+      f.settled = co_await lock.commit();
       d.metrics.refresh_outcome(tname, "config_error");
       throw api_error(errc::provider_config_error,
                       "the connection's refresh token was issued for " + row.token_origin +
@@ -416,6 +423,23 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
   int retry_after = 1;
   std::string last_error;
   for (int attempt = 1; attempt <= d.opts.max_attempts; ++attempt) {
+    // The provider's rate, taken right before each call so the calls themselves keep to it
+    // (a flight that never calls takes none). On-demand callers go first when tokens are short,
+    // also when they joined a scheduled flight.
+    if (provider.refresh_rate_per_s) {
+      bool priority = f.t != trigger::scheduled;
+      {
+        std::lock_guard lk(f.mu);
+        priority = priority || f.joined > 0;
+      }
+      auto& bucket = d.rate_bucket(f.tenant, provider.id);
+      if (!co_await bucket.take(static_cast<double>(*provider.refresh_rate_per_s), f.deadline,
+                                priority)) {
+        d.metrics.slot_wait_timeout("rate");
+        d.metrics.refresh_outcome(tname, "deferred");
+        break;  // the transient fallback; the marker is closed as failed (nothing was sent)
+      }
+    }
     if (attempt > 1) {
       // A fresh expiry for this call's whole answer window, committed before it is sent.
       committed_after = steady::now();
@@ -529,10 +553,14 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       const bool keepalive_needed = keepalive_due && *keepalive_due <= sent_at;
       next.refresh_token_expiring =
           (keepalive_needed || row.refresh_token_expiring) &&
-          !policy::keepalive_renewed(row.refresh_expires_at, t.refresh_expires_at,
-                                     policy::keepalive_margin(policy::facts_of(row), sched));
+          !policy::keepalive_renewed(
+              row.refresh_expires_at, t.refresh_expires_at,
+              policy::keepalive_margin(policy::facts_of(row), sched),
+              std::chrono::duration_cast<std::chrono::seconds>(
+                  sent_at - std::max(row.updated_at, row.last_refreshed_at.value_or(row.created_at))));
       const bool newly_expiring = next.refresh_token_expiring && !row.refresh_token_expiring;
       auto next_refresh = policy::next_refresh_at(policy::facts_of(next), sched);
+      // No usable access token: a failure for the back-off (counted on, not reset).
       if (!usable) next_refresh = retry_at(d, row, provider, sent_at);
       const store::token_write w{
           crypto::seal_tokens(d.keys, row.tenant_id, row.id, row.row_id, new_version, t),
@@ -544,7 +572,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
           sent_at,
           next_refresh,
           next.refresh_lifetime,
-          next.refresh_token_expiring};
+          next.refresh_token_expiring,
+          !usable};
       event_record expiring_event;
       if (newly_expiring) {
         expiring_event = flight_event(d, f, row);
@@ -767,16 +796,6 @@ asio::awaitable<flight_result> fly(const engine_deps& d, flight& f) {
     std::size_t unit;
     ~slot_guard() { s.release(unit); }
   };
-  // The provider's rate first (a flight waiting for it holds nothing else); on-demand flights
-  // go before scheduled ones when tokens are short.
-  if (provider.refresh_rate_per_s) {
-    auto& bucket = d.rate_bucket(f.tenant, provider.id);
-    if (!co_await bucket.take(static_cast<double>(*provider.refresh_rate_per_s), f.deadline,
-                              f.t != trigger::scheduled)) {
-      d.metrics.slot_wait_timeout("rate");
-      throw provider_unavailable_error(1);
-    }
-  }
   auto& tenant_cap = d.tenant_slots(f.tenant);
   auto tenant_slot = co_await tenant_cap.acquire(f.deadline);
   if (!tenant_slot) {

@@ -30,7 +30,7 @@ namespace tokend::refresh {
 namespace {
 constexpr auto kClaimDeadline = std::chrono::seconds(5);
 constexpr auto kBatchPause = milliseconds(5);  // after a slot frees: let a few more free
-constexpr long long kBacklogCap = 1000000;
+constexpr long long kBacklogCap = 100000;
 
 std::uint64_t random_u64() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -113,7 +113,25 @@ struct scheduler::impl : std::enable_shared_from_this<impl> {
   asio::awaitable<void> run_one(store::due_claim c) {
     auto self = shared_from_this();
     metrics.scheduler_in_flight().Increment();
+    bool stop_now = false;
+    {
+      std::lock_guard lk(mu);
+      stop_now = stopping;
+    }
     scheduled_report rep;
+    if (stop_now) {
+      // SIGTERM came after the claim: not started, so released for the other instances.
+      std::vector<long long> rows{c.row_id};
+      co_await release(std::move(rows), milliseconds(0));
+      metrics.scheduler_outcome(c.provider_id, "released");
+      metrics.scheduler_in_flight().Decrement();
+      {
+        std::lock_guard lk(mu);
+        --running;
+      }
+      notify_loop();
+      co_return;
+    }
     scheduled_claim claim;
     claim.tenant = c.tenant_id;
     claim.id = c.id;
@@ -199,17 +217,18 @@ struct scheduler::impl : std::enable_shared_from_this<impl> {
         log::write(log::level::info, "scheduler claimed; pausing (test hook)",
                    {{"claims", claims.size()}});
         co_await sleep_for(opts.test_pause_after_claim);
-        bool stop_now = false;
-        {
-          std::lock_guard lk(mu);
-          stop_now = stopping;
-        }
-        if (stop_now) {
-          std::vector<long long> rows;
-          for (const auto& c : claims) rows.push_back(c.row_id);
-          co_await release(std::move(rows), milliseconds(0));
-          break;
-        }
+      }
+      bool stop_now = false;
+      {
+        std::lock_guard lk(mu);
+        stop_now = stopping;
+      }
+      if (stop_now) {
+        // SIGTERM during the claim (or the test pause): nothing started, all released.
+        std::vector<long long> rows;
+        for (const auto& c : claims) rows.push_back(c.row_id);
+        co_await release(std::move(rows), milliseconds(0));
+        break;
       }
       {
         std::lock_guard lk(mu);

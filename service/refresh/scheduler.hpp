@@ -45,7 +45,8 @@ class scheduler {
 
   void start();
   // Stops claiming and releases the claims whose flights have not started; flights already
-  // running end on their own (engine::in_flight counts them). Waits for the loop, bounded.
+  // running end on their own (running() counts them until their claim is settled). Waits for
+  // the loop, bounded.
   boost::asio::awaitable<void> stop();
 
   std::size_t running() const;

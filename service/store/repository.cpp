@@ -389,8 +389,8 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                 "access_expires_at = " +
                     ts_param(11) + ", access_lifetime = $12, refresh_expires_at = " + ts_param(13) +
                     ", last_refreshed_at = " + ts_param(14) +
-                    ", consecutive_failures = 0, next_attempt_at = NULL, last_error = NULL, "
-                    "next_refresh_at = " +
+                    ", consecutive_failures = CASE WHEN $19 THEN consecutive_failures + 1 ELSE "
+                    "0 END, next_attempt_at = NULL, last_error = NULL, next_refresh_at = " +
                     ts_param(16) +
                     ", refresh_lifetime = $17, refresh_token_expiring = $18, claimed_by = NULL, "
                     "claim_expires_at = NULL, "
@@ -402,7 +402,7 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                 w.sealed.access_token_fp, w.sealed.refresh_token_fp, w.token_type, w.scope,
                 to_micros(w.access_expires_at), w.access_lifetime, opt_us(w.refresh_expires_at),
                 to_micros(w.refreshed_at), expected_row_id, opt_us(w.next_refresh_at),
-                w.refresh_lifetime, w.refresh_token_expiring);
+                w.refresh_lifetime, w.refresh_token_expiring, w.failed);
   return first_row(r, to_connection);
 }
 
@@ -498,16 +498,18 @@ std::vector<due_claim> claim_due(tx_t& tx, const std::string& instance, int limi
                                  long long lease_s) {
   // The lease is committed and the row locks released with this statement's transaction: the
   // engine then locks the row on its own session. Rows locked by a refresh in progress are
-  // skipped, and so are providers on cool-down.
+  // skipped, and so are providers on cool-down. A claimed row's next_refresh_at moves to the
+  // lease's end: it leaves the head of the index (later claims do not walk past it), and an
+  // expired lease (a dead instance) is due again by itself.
   auto r = exec(tx,
-                "WITH due AS (SELECT c.row_id FROM connections c WHERE c.status = 'active' "
-                "AND c.next_refresh_at <= now() AND (c.claim_expires_at IS NULL OR "
-                "c.claim_expires_at <= now()) AND NOT EXISTS (SELECT 1 FROM providers p WHERE "
-                "p.tenant_id = c.tenant_id AND p.id = c.provider_id AND p.cooldown_until > now()) "
-                "ORDER BY c.next_refresh_at LIMIT $1 FOR UPDATE OF c SKIP LOCKED) "
-                "UPDATE connections c SET claimed_by = $2, claim_expires_at = now() + $3 * "
-                "interval '1 second' FROM due WHERE c.row_id = due.row_id RETURNING c.tenant_id, "
-                "c.id, c.row_id, c.provider_id, c.token_version, " TS("c.next_refresh_at"),
+                "WITH due AS (SELECT c.row_id, c.next_refresh_at FROM connections c WHERE "
+                "c.status = 'active' AND c.next_refresh_at <= now() AND NOT EXISTS (SELECT 1 "
+                "FROM providers p WHERE p.tenant_id = c.tenant_id AND p.id = c.provider_id AND "
+                "p.cooldown_until > now()) ORDER BY c.next_refresh_at LIMIT $1 FOR UPDATE OF c "
+                "SKIP LOCKED) UPDATE connections c SET claimed_by = $2, claim_expires_at = now() "
+                "+ $3 * interval '1 second', next_refresh_at = now() + $3 * interval '1 second' "
+                "FROM due WHERE c.row_id = due.row_id RETURNING c.tenant_id, c.id, c.row_id, "
+                "c.provider_id, c.token_version, " TS("due.next_refresh_at"),
                 limit, instance, lease_s);
   std::vector<due_claim> out;
   out.reserve(r.size());
@@ -524,16 +526,15 @@ void release_claims(tx_t& tx, const std::string& instance, const std::vector<lon
   if (row_ids.empty()) return;
   exec(tx,
        "UPDATE connections SET claimed_by = NULL, claim_expires_at = NULL, next_refresh_at = "
-       "CASE WHEN next_refresh_at <= now() THEN now() + $3 * interval '1 millisecond' ELSE "
-       "next_refresh_at END WHERE row_id = ANY($1::bigint[]) AND claimed_by = $2",
+       "now() + $3 * interval '1 millisecond' WHERE row_id = ANY($1::bigint[]) AND "
+       "claimed_by = $2 AND status = 'active'",
        pg_bigint_array(row_ids), instance, delay_ms);
 }
 
 long long count_due_unclaimed(tx_t& tx, long long cap) {
   return exec(tx,
               "SELECT count(*) FROM (SELECT 1 FROM connections WHERE status = 'active' AND "
-              "next_refresh_at <= now() AND (claim_expires_at IS NULL OR claim_expires_at <= "
-              "now()) LIMIT $1) d",
+              "next_refresh_at <= now() LIMIT $1) d",
               cap)[0][0]
       .as<long long>();
 }

@@ -83,6 +83,9 @@ struct token_write {
   std::optional<sys_time> next_refresh_at;  // the due rule's stamp for the new token set
   std::optional<long long> refresh_lifetime;
   bool refresh_token_expiring = false;
+  // The answer had no usable access token: consecutive_failures goes on counting (for the
+  // back-off) instead of being reset.
+  bool failed = false;
 };
 // The swap also requires the row identity (not deleted and re-created) and status `active`.
 std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string& tenant,
@@ -132,14 +135,15 @@ struct due_claim {
   long long token_version = 0;
   sys_time due_at;  // next_refresh_at when claimed
 };
-// Claims up to `limit` due, unclaimed (or lease-expired) active rows whose provider is not on
-// cool-down, oldest due first, with FOR UPDATE SKIP LOCKED; commits a lease of `lease_s`.
+// Claims up to `limit` due active rows whose provider is not on cool-down, oldest due first,
+// with FOR UPDATE SKIP LOCKED; commits a lease of `lease_s` and moves next_refresh_at to the
+// lease's end (so an expired lease is due again). due_at is the stamp before the claim.
 std::vector<due_claim> claim_due(tx_t& tx, const std::string& instance, int limit,
                                  long long lease_s);
-// Releases this instance's claims on `row_ids`; a row still due is pushed back by delay_ms.
+// Releases this instance's claims on `row_ids`: due again `delay_ms` from now.
 void release_claims(tx_t& tx, const std::string& instance, const std::vector<long long>& row_ids,
                     long long delay_ms);
-// Due rows nobody holds a live claim on, counted up to `cap`.
+// Due rows (claimed rows are stamped with their lease's end), counted up to `cap`.
 long long count_due_unclaimed(tx_t& tx, long long cap);
 void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::string& id,
                              sys_time at);

@@ -150,7 +150,13 @@ TEST_CASE("200 connections with the same expiry are spread over the jitter windo
       "SELECT min(extract(epoch from access_expires_at - next_refresh_at))::text FROM connections"));
   const double hi = std::stod(db.query_text(
       "SELECT max(extract(epoch from access_expires_at - next_refresh_at))::text FROM connections"));
-  CHECK(lo >= 20.0 - 0.5);  // lifetimes shrink while importing: half of it is >= 20 s anyway
+  // Per row: the window is min(20, half the stored lifetime) (imports late in the loop have a
+  // little less than 50 s), moved earlier by at most 20 % of it.
+  CHECK(db.query_int("SELECT count(*) FROM connections WHERE extract(epoch from "
+                     "access_expires_at - next_refresh_at) < least(20, access_lifetime / 2) - 0.01 "
+                     "OR extract(epoch from access_expires_at - next_refresh_at) > "
+                     "1.2 * least(20, access_lifetime / 2) + 0.01") == 0);
+  CHECK(lo >= 15.0);
   CHECK(hi <= 24.0 + 0.01);
   CHECK(hi - lo >= 3.0);
   for (int q = 0; q < 4; ++q) {
@@ -239,15 +245,15 @@ TEST_CASE("keep-alive: a refresh token near its expiry is renewed; an absolute l
       "SELECT extract(epoch from next_refresh_at - now())::text FROM connections WHERE id = 'd1'"));
   CHECK(d1_in >= 3600 - 720 - 5);
   CHECK(d1_in <= 3600 - 600);
-  // The sliding provider renews for 40 s; the absolute one returns (about) the same expiry.
+  // The sliding provider renews for 40 s; the absolute one does not rotate (no new refresh
+  // token), so the expiry stays exactly where it was.
   sliding.control("POST", "/control/script",
                   {{"steps", {{{"json", {{"access_token", "at-s2"}, {"refresh_token", "rt-s2"},
                                          {"token_type", "Bearer"}, {"expires_in", 3600},
                                          {"refresh_expires_in", 40}}}}}}});
   absolute.control("POST", "/control/script",
-                   {{"steps", {{{"json", {{"access_token", "at-a2"}, {"refresh_token", "rt-a2"},
-                                          {"token_type", "Bearer"}, {"expires_in", 3600},
-                                          {"refresh_expires_in", 22}}}}}}});
+                   {{"steps", {{{"json", {{"access_token", "at-a2"}, {"token_type", "Bearer"},
+                                          {"expires_in", 3600}}}}}}});
   const auto s1_expiry_before = db.query_text(
       "SELECT refresh_expires_at::text FROM connections WHERE id = 's1'");
   REQUIRE(eventually(
@@ -383,7 +389,7 @@ TEST_CASE("2,000 due connections on 3 instances plus on-demand GETs: no refresh 
   const auto scheduled =
       db.query_int("SELECT count(*) FROM connection_events WHERE trigger = 'scheduled' AND "
                    "outcome = 'refreshed'");
-  CHECK(scheduled >= 1800);
+  CHECK(scheduled >= 1800);  // on-demand callers asked for 200 of the 2,000
   for (int i = 0; i < 3; ++i) {
     const auto mine = db.query_int(
         "SELECT count(*) FROM connection_events WHERE trigger = 'scheduled' AND outcome = "
@@ -506,13 +512,52 @@ TEST_CASE("SIGKILL after claiming: the claims expire and another instance refres
   CHECK(db.query_int("SELECT count(*) FROM connections WHERE claimed_by IS NOT NULL") == 0);
   CHECK(db.query_int("SELECT count(*) FROM connections WHERE next_refresh_at <= now()") == 5);
   CHECK(requests_seen(fake) == 5);
+
+  // SIGTERM while scheduled refreshes run (no test hook): the running ones finish and store
+  // their token sets, nothing stays claimed, and no provider call follows the exit.
+  {
+    pqxx::connection conn(db.url());
+    pqxx::work w(conn);
+    for (int i = 5; i < 40; ++i) {
+      w.exec("INSERT INTO connections (tenant_id, id, provider_id, key_id, access_token_ct, "
+             "refresh_token_ct, access_token_fp, refresh_token_fp, access_expires_at, "
+             "access_lifetime, token_origin, next_refresh_at) SELECT tenant_id, 'x" +
+             std::to_string(i) + "', provider_id, key_id, access_token_ct, refresh_token_ct, "
+             "access_token_fp, refresh_token_fp, access_expires_at, access_lifetime, "
+             "token_origin, now() + interval '1 hour' FROM connections WHERE id = 'c0'");
+    }
+    w.commit();
+  }
+  fake.control("POST", "/control/script", {{"steps", {{{"delay_ms", 400}, {"repeat", 100}}}}});
+  auto env_d = sched_env({{"TOKEND_INSTANCE_ID", "inst-d"}});
+  env_d.insert(timeouts.begin(), timeouts.end());
+  tokend_process d(db.url(), env_d);
+  {
+    pqxx::connection conn(db.url());
+    pqxx::work w(conn);
+    // The copies' ciphertexts are bound to c0's row id: they fail to decrypt, which is a
+    // flight that writes nothing (its claim must be released). c0..c4 refresh normally.
+    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second', "
+           "access_expires_at = now() - interval '1 second'");
+    w.commit();
+  }
+  const int before = requests_seen(fake);
+  REQUIRE(eventually([&] { return requests_seen(fake) > before; }, 10s));
+  REQUIRE(d.stop() == 0);
+  const int at_exit = requests_seen(fake);
+  std::this_thread::sleep_for(1000ms);
+  CHECK(requests_seen(fake) == at_exit);
+  CHECK(db.query_int("SELECT count(*) FROM connections WHERE claimed_by IS NOT NULL") == 0);
+  // Every provider call that went out was stored (version 3), none is left half done.
+  CHECK(db.query_int("SELECT count(*) FROM connections WHERE token_version = 3") ==
+        at_exit - before);
 }
 
 TEST_CASE("a forced refresh that joins a scheduled flight finding the row not due still refreshes",
           "[scheduler]") {
   node_peer fake{"fake-token-endpoint.mjs"};
   scratch_database db;
-  tokend_process t(db.url(), sched_env({{"TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", "1500"}}));
+  tokend_process t(db.url(), sched_env({{"TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", "4000"}}));
   auto key = t.tenant_key("acme");
   put_provider(t, key, "p", fake.url("/token"));
   REQUIRE(import_connection(t, key, "c1", "p", "at", "rt", 3600) == 201);
@@ -529,7 +574,9 @@ TEST_CASE("a forced refresh that joins a scheduled flight finding the row not du
   pqxx::connection holder(db.url());
   pqxx::work lock(holder);
   lock.exec("SELECT 1 FROM connections WHERE id = 'c1' FOR UPDATE");
-  std::this_thread::sleep_for(2000ms);  // the pause is over; the flight waits for the lock
+  // Wait out the pause (started before the log line was seen); the flight then waits for the
+  // lock, which the scheduler's log line says it took.
+  std::this_thread::sleep_for(4500ms);
   auto forced = std::async(std::launch::async, [&] {
     return http_call(t.address(), "POST", "/v1/tokens/c1/refresh", "",
                      {{"Authorization", "Bearer " + key}}, 20s);

@@ -54,6 +54,7 @@ TEST_CASE("racing cas_write_token_set on one version: exactly one wins, nothing 
                            test_now(),
                            std::nullopt,
                            std::nullopt,
+                           false,
                            false};
       auto out = store::cas_write_token_set(tx, "acme", "c1", row_id, version, w);
       tx.commit();

@@ -103,14 +103,21 @@ TEST_CASE("never due without a refresh token; never before the back-off", "[sche
   CHECK(*next_refresh_at(f, s) == t0 + 10s);
 }
 
-TEST_CASE("keep-alive renewed only when the expiry moved by a quarter of the margin",
+TEST_CASE("keep-alive renewed when the expiry moved by about the time since the last write",
           "[schedule_policy]") {
-  CHECK(keepalive_renewed(t0, t0 + 12h, 12h));
-  CHECK(keepalive_renewed(t0, t0 + 3h, 12h));
-  CHECK_FALSE(keepalive_renewed(t0, t0 + 1s, 12h));  // an absolute lifetime
-  CHECK_FALSE(keepalive_renewed(t0, t0, 12h));
-  CHECK(keepalive_renewed(std::nullopt, t0, 12h));
-  CHECK(keepalive_renewed(t0, std::nullopt, 12h));
+  // Refreshed 12 h after the last write with a 12 h margin: a sliding lifetime moves by 12 h.
+  CHECK(keepalive_renewed(t0, t0 + 12h, 12h, 12h));
+  CHECK(keepalive_renewed(t0, t0 + 3h, 12h, 12h));
+  CHECK_FALSE(keepalive_renewed(t0, t0 + 1s, 12h, 12h));  // an absolute lifetime
+  CHECK_FALSE(keepalive_renewed(t0, t0, 12h, 12h));
+  // A sliding 3-day token under a 7-day margin, refreshed 1 h after its last write: it moved
+  // by 1 h, which is all a sliding lifetime can move in that time.
+  CHECK(keepalive_renewed(t0, t0 + 1h, 24h * 7, 1h));
+  CHECK_FALSE(keepalive_renewed(t0, t0 + 1s, 24h * 7, 1h));
+  // Never less than 2 s: rounding of refresh_expires_in is not a renewal.
+  CHECK_FALSE(keepalive_renewed(t0, t0 + 1s, 10s, 0s));
+  CHECK(keepalive_renewed(std::nullopt, t0, 12h, 12h));
+  CHECK(keepalive_renewed(t0, std::nullopt, 12h, 12h));
 }
 
 TEST_CASE("scheduled back-off doubles to the cap and is never zero", "[schedule_policy]") {
