@@ -27,6 +27,10 @@ TEST_CASE("defaults follow the contract", "[config]") {
   // A sent refresh is awaited and persisted before exit: answer + request timeout + 5 s.
   CHECK(r.cfg->shutdown_grace.count() == 80);
   CHECK(r.cfg->scheduler);
+  CHECK(r.cfg->scheduler_interval.count() == 1);
+  CHECK(r.cfg->scheduler_concurrency == 8);
+  CHECK(r.cfg->keepalive_margin.count() == 604800);
+  CHECK(r.cfg->test_scheduler_pause_after_claim.count() == 0);
   CHECK(r.cfg->environment == "development");
   CHECK(!r.cfg->instance_id.empty());
   REQUIRE(r.cfg->master_keys.size() == 1);
@@ -64,6 +68,12 @@ TEST_CASE("out of range values name their variable", "[config]") {
            {"TOKEND_TENANT_REFRESH_SHARE", "91"},
            {"TOKEND_TENANT_REFRESH_SHARE", "a quarter"},
            {"TOKEND_FORCE_REFRESH_MIN_INTERVAL", "-3"},
+           {"TOKEND_SCHEDULER", "yes"},
+           {"TOKEND_SCHEDULER_INTERVAL", "0"},
+           {"TOKEND_SCHEDULER_CONCURRENCY", "0"},
+           {"TOKEND_SCHEDULER_CONCURRENCY", "eight"},
+           {"TOKEND_KEEPALIVE_MARGIN", "0"},
+           {"TOKEND_KEEPALIVE_MARGIN", "7d"},
            {"TOKEND_ALLOW_INSECURE_PROVIDER_URLS", "yes"},
            {"TOKEND_ADMIN_TOKEN", "short"}}) {
     auto r = parse_config({{k, v}}, needs::nothing);
@@ -80,4 +90,17 @@ TEST_CASE("TOKEND_LISTENER_DATABASE_URL gives the listener its own URL", "[confi
   REQUIRE(r.cfg);
   CHECK(r.cfg->database_url == "postgresql://pooler/x");
   CHECK(r.cfg->listener_database_url == "postgresql://direct/x");
+}
+
+TEST_CASE("scheduler settings parse", "[config]") {
+  auto r = parse_config({{"TOKEND_SCHEDULER", "off"},
+                         {"TOKEND_SCHEDULER_INTERVAL", "5"},
+                         {"TOKEND_SCHEDULER_CONCURRENCY", "32"},
+                         {"TOKEND_KEEPALIVE_MARGIN", "86400"}},
+                        needs::nothing);
+  REQUIRE(r.cfg);
+  CHECK_FALSE(r.cfg->scheduler);
+  CHECK(r.cfg->scheduler_interval.count() == 5);
+  CHECK(r.cfg->scheduler_concurrency == 32);
+  CHECK(r.cfg->keepalive_margin.count() == 86400);
 }
