@@ -1,15 +1,15 @@
 // Scheduler benchmarks: sustained scheduled refreshes per second (one and three instances, a
 // fast fake endpoint, fsync on), PostgreSQL CPU, statements and commits per refresh, lag; and
 // the claim query's time at 10,000 and 100,000 rows. Run through bench/run.sh.
+#include <dirent.h>
+#include <unistd.h>
 #include <algorithm>
 #include <catch2/catch.hpp>
-#include <dirent.h>
 #include <fstream>
 #include <iostream>
 #include <pqxx/pqxx>
 #include <sstream>
 #include <thread>
-#include <unistd.h>
 
 #include "store/repository.hpp"
 #include "support/fixtures.hpp"
@@ -89,8 +89,9 @@ void run_scheduled_throughput(int instances_n, int connections) {
   {
     pqxx::connection c(db.url());
     pqxx::work w(c);
-    w.exec("UPDATE connections SET access_expires_at = now() - interval '1 second', "
-           "next_refresh_at = now()");
+    w.exec(
+        "UPDATE connections SET access_expires_at = now() - interval '1 second', "
+        "next_refresh_at = now()");
     w.commit();
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -135,7 +136,8 @@ void run_scheduled_throughput(int instances_n, int connections) {
 }  // namespace
 
 TEST_CASE("scheduled refreshes per second: one instance", "[.bench][scheduler_throughput]") {
-  run_scheduled_throughput(1, std::getenv("TOKEND_BENCH_N") ? std::atoi(std::getenv("TOKEND_BENCH_N")) : 5000);
+  run_scheduled_throughput(
+      1, std::getenv("TOKEND_BENCH_N") ? std::atoi(std::getenv("TOKEND_BENCH_N")) : 5000);
 }
 
 TEST_CASE("scheduled refreshes per second: three instances", "[.bench][scheduler_throughput]") {
@@ -156,16 +158,19 @@ TEST_CASE("claim query time at 10,000 and 100,000 rows", "[.bench][claim_query]"
     const auto have = w.exec("SELECT count(*) FROM connections")[0][0].as<long long>();
     // Copies of the seeded rows under new ids (their ciphertexts are bound to other row ids,
     // which the claim query never reads). Due times spread over the next day.
-    w.exec("INSERT INTO connections (tenant_id, id, provider_id, key_id, access_token_ct, "
-           "refresh_token_ct, access_token_fp, refresh_token_fp, access_expires_at, "
-           "access_lifetime, token_origin, next_refresh_at) SELECT c.tenant_id, 'x' || g, "
-           "c.provider_id, c.key_id, c.access_token_ct, c.refresh_token_ct, c.access_token_fp, "
-           "c.refresh_token_fp, now() + interval '1 hour', 3600, c.token_origin, now() + "
-           "g * interval '1 second' FROM generate_series(" + std::to_string(have) + ", " +
-           std::to_string(rows - 1) + ") g, (SELECT * FROM connections LIMIT 1) c");
+    w.exec(
+        "INSERT INTO connections (tenant_id, id, provider_id, key_id, access_token_ct, "
+        "refresh_token_ct, access_token_fp, refresh_token_fp, access_expires_at, "
+        "access_lifetime, token_origin, next_refresh_at) SELECT c.tenant_id, 'x' || g, "
+        "c.provider_id, c.key_id, c.access_token_ct, c.refresh_token_ct, c.access_token_fp, "
+        "c.refresh_token_fp, now() + interval '1 hour', 3600, c.token_origin, now() + "
+        "g * interval '1 second' FROM generate_series(" +
+        std::to_string(have) + ", " + std::to_string(rows - 1) +
+        ") g, (SELECT * FROM connections LIMIT 1) c");
     // 1,000 due now, the rest in the future.
-    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE row_id "
-           "IN (SELECT row_id FROM connections ORDER BY row_id LIMIT 1000)");
+    w.exec(
+        "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE row_id "
+        "IN (SELECT row_id FROM connections ORDER BY row_id LIMIT 1000)");
     w.commit();
     pqxx::nontransaction n(c);
     n.exec("VACUUM ANALYZE connections");
@@ -190,15 +195,11 @@ TEST_CASE("claim query time at 10,000 and 100,000 rows", "[.bench][claim_query]"
                 "c.next_refresh_at <= now() ORDER BY c.next_refresh_at LIMIT 8")) {
       plan += row[0].as<std::string>() + " | ";
     }
-    std::cout << json{{"bench", "claim_query"},
-                      {"rows", rows},
-                      {"due", 1000},
-                      {"claim", 8},
-                      {"p50_ms", ms[ms.size() / 2]},
-                      {"max_ms", ms.back()},
-                      {"plan", plan}}
-                     .dump()
-              << std::endl;
+    std::cout
+        << json{{"bench", "claim_query"},      {"rows", rows},        {"due", 1000}, {"claim", 8},
+                {"p50_ms", ms[ms.size() / 2]}, {"max_ms", ms.back()}, {"plan", plan}}
+               .dump()
+        << std::endl;
     CHECK(plan.find("connections_next_refresh") != std::string::npos);
   }
 }

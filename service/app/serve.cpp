@@ -19,9 +19,9 @@
 #include "http/router.hpp"
 #include "http/server.hpp"
 #include "oauth/http_client.hpp"
-#include "reauth/flows.hpp"
 #include "observability/log.hpp"
 #include "observability/metrics.hpp"
+#include "reauth/flows.hpp"
 #include "refresh/engine.hpp"
 #include "refresh/scheduler.hpp"
 #include "store/change_listener.hpp"
@@ -92,8 +92,8 @@ int serve(const config& c) {
   // The heartbeat goes through the main URL and comes back through the listener's: caches are
   // trusted only while it arrives on time (store/change_listener.hpp).
   store::change_listener listener(
-      {.listen_conninfo = c.listener_database_url.empty() ? c.database_url
-                                                          : c.listener_database_url,
+      {.listen_conninfo =
+           c.listener_database_url.empty() ? c.database_url : c.listener_database_url,
        .heartbeat_conninfo = c.database_url,
        .application_name = app_name("listener"),
        .heartbeat_application_name = app_name("heartbeat")},

@@ -1,8 +1,8 @@
 // A token bucket for coroutines: at most `rate` takes per second on average, bursts up to 200 ms
-// worth (so no second ever sees more than 1.2 x rate). take() waits (on a timer, never blocking a thread) until a token is there or
-// the deadline passes; a priority taker (an on-demand refresh) goes before every waiting
-// non-priority one (a scheduled refresh). Thread-safe. The rate is passed on every take, so a
-// changed provider setting applies at once.
+// worth (so no second ever sees more than 1.2 x rate). take() waits (on a timer, never blocking a
+// thread) until a token is there or the deadline passes; a priority taker (an on-demand refresh)
+// goes before every waiting non-priority one (a scheduled refresh). Thread-safe. The rate is passed
+// on every take, so a changed provider setting applies at once.
 #pragma once
 #include <boost/asio/awaitable.hpp>
 #include <chrono>

@@ -8,9 +8,8 @@ namespace {
 constexpr double kJitterShare = 0.2;
 
 std::chrono::milliseconds jitter(long long row_id, long long window_s) {
-  return std::chrono::milliseconds(
-      static_cast<long long>(jitter_fraction(row_id) * kJitterShare * 1000.0 *
-                             static_cast<double>(window_s)));
+  return std::chrono::milliseconds(static_cast<long long>(jitter_fraction(row_id) * kJitterShare *
+                                                          1000.0 * static_cast<double>(window_s)));
 }
 
 }  // namespace
@@ -85,8 +84,8 @@ std::chrono::milliseconds scheduled_backoff(int failures, std::chrono::milliseco
   auto d = base;
   for (int i = 1; i < failures && d < cap; ++i) d *= 2;
   d = std::min(d, cap);
-  const double scale = 0.5 + 0.5 * (static_cast<double>(random >> 11) /
-                                    static_cast<double>(1ULL << 53));
+  const double scale =
+      0.5 + 0.5 * (static_cast<double>(random >> 11) / static_cast<double>(1ULL << 53));
   return std::chrono::milliseconds(
       std::max<long long>(1, static_cast<long long>(static_cast<double>(d.count()) * scale)));
 }

@@ -170,10 +170,9 @@ sys_time retry_at(const engine_deps& d, const connection_record& row, const prov
   const auto window = std::max<std::chrono::seconds>(
       kMinRetryCap,
       std::chrono::seconds(policy::access_window_s(row.access_lifetime, p.refresh_ahead)));
-  auto at = now + policy::scheduled_backoff(row.consecutive_failures + 1,
-                                            d.opts.scheduled_backoff_base,
-                                            std::chrono::duration_cast<milliseconds>(window),
-                                            random_u64());
+  auto at = now + policy::scheduled_backoff(
+                      row.consecutive_failures + 1, d.opts.scheduled_backoff_base,
+                      std::chrono::duration_cast<milliseconds>(window), random_u64());
   if (not_before) at = std::max(at, *not_before);
   return at;
 }
@@ -557,7 +556,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
               row.refresh_expires_at, t.refresh_expires_at,
               policy::keepalive_margin(policy::facts_of(row), sched),
               std::chrono::duration_cast<std::chrono::seconds>(
-                  sent_at - std::max(row.updated_at, row.last_refreshed_at.value_or(row.created_at))));
+                  sent_at -
+                  std::max(row.updated_at, row.last_refreshed_at.value_or(row.created_at))));
       const bool newly_expiring = next.refresh_token_expiring && !row.refresh_token_expiring;
       auto next_refresh = policy::next_refresh_at(policy::facts_of(next), sched);
       // No usable access token: a failure for the back-off (counted on, not reset).

@@ -51,7 +51,7 @@ async::semaphore& engine_deps::tenant_slots(const std::string& tenant) const {
 }
 
 async::token_bucket& engine_deps::rate_bucket(const std::string& tenant,
-                                             const std::string& provider) const {
+                                              const std::string& provider) const {
   std::lock_guard lk(slots_mu);
   auto& b = buckets[{tenant, provider}];
   if (!b) b = std::make_unique<async::token_bucket>();
@@ -280,8 +280,8 @@ asio::awaitable<scheduled_report> engine::run_scheduled(const scheduled_claim& c
       slot->id = claim.id;
       slot->t = trigger::scheduled;
       slot->trigger_version = claim.token_version;
-      slot->request_id = "sched-" + std::to_string(claim.row_id) + "-" +
-                         std::to_string(claim.token_version);
+      slot->request_id =
+          "sched-" + std::to_string(claim.row_id) + "-" + std::to_string(claim.token_version);
       slot->deadline = steady::now() + d_->opts.request_timeout;
       started = true;
     }

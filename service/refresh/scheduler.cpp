@@ -149,16 +149,14 @@ struct scheduler::impl : std::enable_shared_from_this<impl> {
       // Nothing this flight wrote cleared the claim: release it, and try again later (an
       // undecryptable row much later: only a key coming back can help it).
       auto delay = opts.release_delay +
-                   milliseconds(static_cast<long long>(random_u64() %
-                                                       static_cast<std::uint64_t>(
-                                                           opts.release_delay.count() + 1)));
+                   milliseconds(static_cast<long long>(
+                       random_u64() % static_cast<std::uint64_t>(opts.release_delay.count() + 1)));
       if (rep.outcome == "decrypt_failed") delay = std::chrono::hours(1);
       std::vector<long long> rows{c.row_id};
       co_await release(std::move(rows), delay);
     }
     if (rep.outcome == "refreshed") {
-      metrics.scheduler_lag(
-          std::chrono::duration<double>(clock.now() - c.due_at).count());
+      metrics.scheduler_lag(std::chrono::duration<double>(clock.now() - c.due_at).count());
     }
     metrics.scheduler_outcome(c.provider_id, rep.outcome);
     metrics.scheduler_in_flight().Decrement();

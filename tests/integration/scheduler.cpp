@@ -30,8 +30,7 @@ json events_of(const tokend_process& t, const std::string& key, const std::strin
   return r.json()["items"];
 }
 
-long long version_of(const scratch_database& db, const std::string& tenant,
-                     const std::string& id) {
+long long version_of(const scratch_database& db, const std::string& tenant, const std::string& id) {
   return db.query_int("SELECT token_version FROM connections WHERE tenant_id = '" + tenant +
                       "' AND id = '" + id + "'");
 }
@@ -52,10 +51,18 @@ std::vector<std::string> presented_refresh_tokens(const node_peer& fake) {
     const auto at = body.find("refresh_token=");
     if (at == std::string::npos) continue;
     auto end = body.find('&', at);
-    out.push_back(body.substr(at + 14, end == std::string::npos ? std::string::npos
-                                                                : end - at - 14));
+    out.push_back(
+        body.substr(at + 14, end == std::string::npos ? std::string::npos : end - at - 14));
   }
   return out;
+}
+
+// Runs `statements` in one transaction (test set-up the API does not offer).
+void run_sql(const scratch_database& db, const std::vector<std::string>& statements) {
+  pqxx::connection c(db.url());
+  pqxx::work w(c);
+  for (const auto& st : statements) w.exec(st);
+  w.commit();
 }
 
 int requests_seen(const node_peer& fake) {
@@ -119,14 +126,17 @@ TEST_CASE("a connection entering its window is refreshed with no client call (oi
   CHECK(r.json()["token_version"] == 2);
   CHECK(idp.control("GET", "/test/stats")["refresh_success"] == 1);
   auto m = t.get("/metrics").body;
-  CHECK(metric_value(m, "tokend_scheduler_refreshes_total{outcome=\"refreshed\",provider=\"airtable\"}") == 1);
+  CHECK(metric_value(
+            m, "tokend_scheduler_refreshes_total{outcome=\"refreshed\",provider=\"airtable\"}") ==
+        1);
   CHECK(metric_value(m, "tokend_scheduler_lag_seconds_count") == 1);
   CHECK(metric_value(m, "tokend_refresh_total{outcome=\"refreshed\",trigger=\"scheduled\"}") == 1);
 }
 
-TEST_CASE("200 connections with the same expiry are spread over the jitter window and refreshed "
-          "before they expire",
-          "[scheduler]") {
+TEST_CASE(
+    "200 connections with the same expiry are spread over the jitter window and refreshed "
+    "before they expire",
+    "[scheduler]") {
   node_peer fake{"fake-token-endpoint.mjs"};
   scratch_database db;
   tokend_process t(db.url(), sched_env());
@@ -146,10 +156,12 @@ TEST_CASE("200 connections with the same expiry are spread over the jitter windo
                 .status == 201);
   }
   // The stored distribution: every stamp 20..24 s before the expiry, spread over the window.
-  const double lo = std::stod(db.query_text(
-      "SELECT min(extract(epoch from access_expires_at - next_refresh_at))::text FROM connections"));
-  const double hi = std::stod(db.query_text(
-      "SELECT max(extract(epoch from access_expires_at - next_refresh_at))::text FROM connections"));
+  const double lo =
+      std::stod(db.query_text("SELECT min(extract(epoch from access_expires_at - "
+                              "next_refresh_at))::text FROM connections"));
+  const double hi =
+      std::stod(db.query_text("SELECT max(extract(epoch from access_expires_at - "
+                              "next_refresh_at))::text FROM connections"));
   // Per row: the window is min(20, half the stored lifetime) (imports late in the loop have a
   // little less than 50 s), moved earlier by at most 20 % of it.
   CHECK(db.query_int("SELECT count(*) FROM connections WHERE extract(epoch from "
@@ -162,22 +174,28 @@ TEST_CASE("200 connections with the same expiry are spread over the jitter windo
   for (int q = 0; q < 4; ++q) {
     const auto n = db.query_int(
         "SELECT count(*) FROM connections WHERE extract(epoch from access_expires_at - "
-        "next_refresh_at) >= " + std::to_string(20 + q) + " AND extract(epoch from "
-        "access_expires_at - next_refresh_at) < " + std::to_string(21 + q));
+        "next_refresh_at) >= " +
+        std::to_string(20 + q) +
+        " AND extract(epoch from "
+        "access_expires_at - next_refresh_at) < " +
+        std::to_string(21 + q));
     INFO("second " << q << " of the jitter window holds " << n);
     CHECK(n >= 20);  // uniform would be 50
   }
   REQUIRE(requests_seen(fake) == 0);
 
   REQUIRE(eventually(
-      [&] { return db.query_int("SELECT count(*) FROM connections WHERE token_version = 2") == 200; },
+      [&] {
+        return db.query_int("SELECT count(*) FROM connections WHERE token_version = 2") == 200;
+      },
       45s));
   // Each refreshed once, with its own refresh token, before its access token expired.
   auto presented = presented_refresh_tokens(fake);
   CHECK(presented.size() == 200);
   CHECK(std::set<std::string>(presented.begin(), presented.end()).size() == 200);
   CHECK(db.query_int("SELECT count(*) FROM connection_events WHERE trigger = 'scheduled' AND "
-                     "outcome = 'refreshed' AND at < '" + expiry + "'::timestamptz") == 200);
+                     "outcome = 'refreshed' AND at < '" +
+                     expiry + "'::timestamptz") == 200);
   CHECK(db.query_int("SELECT count(*) FROM connection_events WHERE trigger <> 'import' AND "
                      "outcome <> 'refreshed'") == 0);
   // Spread out in time too: not all in one second.
@@ -196,8 +214,11 @@ TEST_CASE("300 s tokens with refresh_ahead 600 are due every ~150 s, not continu
   put_provider(t, key, "p", fake.url("/token"), json{{"refresh_ahead", 600}});
   fake.control("POST", "/control/script",
                {{"steps",
-                 {{{"json", {{"access_token", "short-at"}, {"refresh_token", "short-rt"},
-                             {"token_type", "Bearer"}, {"expires_in", 300}}}}}}});
+                 {{{"json",
+                    {{"access_token", "short-at"},
+                     {"refresh_token", "short-rt"},
+                     {"token_type", "Bearer"},
+                     {"expires_in", 300}}}}}}});
   // Expired: due at once.
   REQUIRE(import_connection(t, key, "c1", "p", "at", "rt") == 201);
   REQUIRE(eventually([&] { return version_of(db, "acme", "c1") == 2; }, 10s));
@@ -209,10 +230,11 @@ TEST_CASE("300 s tokens with refresh_ahead 600 are due every ~150 s, not continu
   CHECK(version_of(db, "acme", "c1") == 2);
 }
 
-TEST_CASE("keep-alive: a refresh token near its expiry is renewed; an absolute lifetime stops "
-          "keep-alive with refresh_token_expiring; a 1-day sliding lifetime is not refreshed "
-          "continuously",
-          "[scheduler]") {
+TEST_CASE(
+    "keep-alive: a refresh token near its expiry is renewed; an absolute lifetime stops "
+    "keep-alive with refresh_token_expiring; a 1-day sliding lifetime is not refreshed "
+    "continuously",
+    "[scheduler]") {
   node_peer sliding{"fake-token-endpoint.mjs"};
   node_peer absolute{"fake-token-endpoint.mjs"};
   scratch_database db;
@@ -248,24 +270,32 @@ TEST_CASE("keep-alive: a refresh token near its expiry is renewed; an absolute l
   // The sliding provider renews for 40 s; the absolute one does not rotate (no new refresh
   // token), so the expiry stays exactly where it was.
   sliding.control("POST", "/control/script",
-                  {{"steps", {{{"json", {{"access_token", "at-s2"}, {"refresh_token", "rt-s2"},
-                                         {"token_type", "Bearer"}, {"expires_in", 3600},
-                                         {"refresh_expires_in", 40}}}}}}});
-  absolute.control("POST", "/control/script",
-                   {{"steps", {{{"json", {{"access_token", "at-a2"}, {"token_type", "Bearer"},
-                                          {"expires_in", 3600}}}}}}});
-  const auto s1_expiry_before = db.query_text(
-      "SELECT refresh_expires_at::text FROM connections WHERE id = 's1'");
+                  {{"steps",
+                    {{{"json",
+                       {{"access_token", "at-s2"},
+                        {"refresh_token", "rt-s2"},
+                        {"token_type", "Bearer"},
+                        {"expires_in", 3600},
+                        {"refresh_expires_in", 40}}}}}}});
+  absolute.control(
+      "POST", "/control/script",
+      {{"steps",
+        {{{"json",
+           {{"access_token", "at-a2"}, {"token_type", "Bearer"}, {"expires_in", 3600}}}}}}});
+  const auto s1_expiry_before =
+      db.query_text("SELECT refresh_expires_at::text FROM connections WHERE id = 's1'");
   REQUIRE(eventually(
-      [&] { return version_of(db, "acme", "s1") == 2 && version_of(db, "acme", "a1") == 2; },
-      30s));
+      [&] { return version_of(db, "acme", "s1") == 2 && version_of(db, "acme", "a1") == 2; }, 30s));
   // Sliding: the expiry moved forward by about the margin; keep-alive goes on.
-  CHECK(db.query_int("SELECT (refresh_expires_at > '" + s1_expiry_before +
-                     "'::timestamptz + interval '10 seconds')::int FROM connections WHERE id = 's1'") == 1);
-  CHECK(db.query_text("SELECT refresh_token_expiring::text FROM connections WHERE id = 's1'") == "false");
+  CHECK(db.query_int(
+            "SELECT (refresh_expires_at > '" + s1_expiry_before +
+            "'::timestamptz + interval '10 seconds')::int FROM connections WHERE id = 's1'") == 1);
+  CHECK(db.query_text("SELECT refresh_token_expiring::text FROM connections WHERE id = 's1'") ==
+        "false");
   // Absolute: flagged, an event says so, and keep-alive no longer makes it due (only the
   // access token's window, ~50 min away).
-  CHECK(db.query_text("SELECT refresh_token_expiring::text FROM connections WHERE id = 'a1'") == "true");
+  CHECK(db.query_text("SELECT refresh_token_expiring::text FROM connections WHERE id = 'a1'") ==
+        "true");
   auto ev = events_of(t, key, "a1");
   REQUIRE(ev.size() == 3);
   CHECK(ev[0]["outcome"] == "refresh_token_expiring");
@@ -278,8 +308,9 @@ TEST_CASE("keep-alive: a refresh token near its expiry is renewed; an absolute l
   CHECK(requests_seen(absolute) == 1);
   CHECK(version_of(db, "acme", "a1") == 2);
   CHECK(version_of(db, "acme", "d1") == 1);
-  CHECK(metric_value(t.get("/metrics").body,
-                     "tokend_refresh_total{outcome=\"refresh_token_expiring\",trigger=\"scheduled\"}") == 1);
+  CHECK(metric_value(
+            t.get("/metrics").body,
+            "tokend_refresh_total{outcome=\"refresh_token_expiring\",trigger=\"scheduled\"}") == 1);
 }
 
 TEST_CASE("needs_reauth, cooled-down and refresh-token-less connections are never claimed",
@@ -299,23 +330,14 @@ TEST_CASE("needs_reauth, cooled-down and refresh-token-less connections are neve
                       "WHERE id = 'nort'") == "<null>");
   // A needs_reauth row and a cooled-down provider's row, stamped due by hand so only the claim
   // query's own filters keep them out.
-  {
-    pqxx::connection c(db.url());
-    pqxx::work w(c);
-    w.exec("UPDATE providers SET cooldown_until = now() + interval '1 hour' WHERE id = 'cool'");
-    w.commit();
-  }
+  run_sql(db,
+          {"UPDATE providers SET cooldown_until = now() + interval '1 hour' WHERE id = 'cool'"});
   REQUIRE(import_connection(t, key, "reauth", "p", "at", "rt", 3600) == 201);
   REQUIRE(import_connection(t, key, "cooled", "cool", "at", "rt", 3600) == 201);
-  {
-    pqxx::connection c(db.url());
-    pqxx::work w(c);
-    w.exec("UPDATE connections SET status = 'needs_reauth', reauth_reason = 'grant_revoked' "
-           "WHERE id = 'reauth'");
-    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id IN "
-           "('reauth', 'cooled')");
-    w.commit();
-  }
+  run_sql(db, {"UPDATE connections SET status = 'needs_reauth', reauth_reason = 'grant_revoked' "
+               "WHERE id = 'reauth'",
+               "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id IN "
+               "('reauth', 'cooled')"});
   // A control connection proves the scheduler runs meanwhile.
   REQUIRE(import_connection(t, key, "ok", "p", "at", "rt") == 201);
   REQUIRE(eventually([&] { return version_of(db, "acme", "ok") == 2; }, 10s));
@@ -333,15 +355,13 @@ TEST_CASE("needs_reauth, cooled-down and refresh-token-less connections are neve
   CHECK(metric_value(t.get("/metrics").body, "tokend_scheduler_claims_total") == 1);
   // The backlog gauge counts the cooled row as due and unclaimed (it is, and ops should see it).
   REQUIRE(eventually(
-      [&] {
-        return metric_value(t.get("/metrics").body, "tokend_scheduler_backlog") == 1;
-      },
-      8s));
+      [&] { return metric_value(t.get("/metrics").body, "tokend_scheduler_backlog") == 1; }, 8s));
 }
 
-TEST_CASE("2,000 due connections on 3 instances plus on-demand GETs: no refresh token presented "
-          "twice, every instance does its share",
-          "[scheduler][scheduler_shared]") {
+TEST_CASE(
+    "2,000 due connections on 3 instances plus on-demand GETs: no refresh token presented "
+    "twice, every instance does its share",
+    "[scheduler][scheduler_shared]") {
   node_peer fake{"fake-token-endpoint.mjs"};
   scratch_database db;
   std::vector<std::unique_ptr<tokend_process>> inst;
@@ -353,13 +373,8 @@ TEST_CASE("2,000 due connections on 3 instances plus on-demand GETs: no refresh 
   put_provider(*inst[0], key, "p", fake.url("/token"));
   seed_connections(db.url(), "acme", "p", 2000, [](int i) { return numbered("seed-at-", i); });
   // All expired and due at the same moment.
-  {
-    pqxx::connection c(db.url());
-    pqxx::work w(c);
-    w.exec("UPDATE connections SET access_expires_at = now() - interval '1 second', "
-           "next_refresh_at = now() - interval '1 second'");
-    w.commit();
-  }
+  run_sql(db, {"UPDATE connections SET access_expires_at = now() - interval '1 second', "
+               "next_refresh_at = now() - interval '1 second'"});
   // On-demand GETs on 200 of them at the same time, spread over the instances.
   std::vector<std::future<http_reply>> gets;
   for (int i = 0; i < 200; ++i) {
@@ -386,14 +401,15 @@ TEST_CASE("2,000 due connections on 3 instances plus on-demand GETs: no refresh 
   CHECK(std::set<std::string>(presented.begin(), presented.end()).size() == presented.size());
   CHECK(db.query_int("SELECT count(*) FROM connections WHERE token_version <> 2") == 0);
   CHECK(db.query_int("SELECT count(*) FROM connection_events WHERE outcome = 'refreshed'") == 2000);
-  const auto scheduled =
-      db.query_int("SELECT count(*) FROM connection_events WHERE trigger = 'scheduled' AND "
-                   "outcome = 'refreshed'");
+  const auto scheduled = db.query_int(
+      "SELECT count(*) FROM connection_events WHERE trigger = 'scheduled' AND "
+      "outcome = 'refreshed'");
   CHECK(scheduled >= 1800);  // on-demand callers asked for 200 of the 2,000
   for (int i = 0; i < 3; ++i) {
     const auto mine = db.query_int(
         "SELECT count(*) FROM connection_events WHERE trigger = 'scheduled' AND outcome = "
-        "'refreshed' AND instance = '" + numbered("inst-", i) + "'");
+        "'refreshed' AND instance = '" +
+        numbered("inst-", i) + "'");
     INFO("instance " << i << " did " << mine << " of " << scheduled);
     CHECK(mine * 5 >= scheduled);  // at least 20 %
   }
@@ -410,17 +426,12 @@ TEST_CASE("a provider rate of 50/s is never exceeded; on-demand calls are still 
   put_provider(t, key, "p", fake.url("/token"), json{{"refresh_rate_per_s", 50}});
   CHECK(t.call("GET", "/v1/providers/p", key).json()["refresh_rate_per_s"] == 50);
   seed_connections(db.url(), "acme", "p", 320, [](int i) { return numbered("seed-at-", i); });
-  {
-    pqxx::connection c(db.url());
-    pqxx::work w(c);
-    // 300 due for the scheduler; 20 expired but not stamped due, for on-demand callers.
-    w.exec("UPDATE connections SET access_expires_at = now() - interval '1 second'");
-    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE "
-           "id NOT IN (SELECT 'c' || g FROM generate_series(300, 319) g)");
-    w.exec("UPDATE connections SET next_refresh_at = now() + interval '1 hour' WHERE "
-           "id IN (SELECT 'c' || g FROM generate_series(300, 319) g)");
-    w.commit();
-  }
+  // 300 due for the scheduler; 20 expired but not stamped due, for on-demand callers.
+  run_sql(db, {"UPDATE connections SET access_expires_at = now() - interval '1 second'",
+               "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE "
+               "id NOT IN (SELECT 'c' || g FROM generate_series(300, 319) g)",
+               "UPDATE connections SET next_refresh_at = now() + interval '1 hour' WHERE "
+               "id IN (SELECT 'c' || g FROM generate_series(300, 319) g)"});
   REQUIRE(eventually([&] { return requests_seen(fake) >= 60; }, 10s));
   // On-demand calls while the scheduler is held to the rate: served within their deadline.
   for (int i = 300; i < 320; ++i) {
@@ -456,21 +467,23 @@ TEST_CASE("a provider rate of 50/s is never exceeded; on-demand calls are still 
   CHECK(at.back() - at.front() >= 5500.0);
 }
 
-TEST_CASE("SIGKILL after claiming: the claims expire and another instance refreshes each "
-          "connection exactly once; SIGTERM releases claims not started",
-          "[scheduler]") {
+TEST_CASE(
+    "SIGKILL after claiming: the claims expire and another instance refreshes each "
+    "connection exactly once; SIGTERM releases claims not started",
+    "[scheduler]") {
   node_peer fake{"fake-token-endpoint.mjs"};
   scratch_database db;
   // Lease = request timeout + answer timeout + 5 s = 9 s.
   const std::map<std::string, std::string> timeouts = {{"TOKEND_REQUEST_TIMEOUT", "2"},
                                                        {"TOKEND_PROVIDER_ANSWER_TIMEOUT", "2"}};
-  auto env_a = sched_env({{"TOKEND_INSTANCE_ID", "inst-a"},
-                          {"TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", "600000"}});
+  auto env_a = sched_env(
+      {{"TOKEND_INSTANCE_ID", "inst-a"}, {"TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", "600000"}});
   env_a.insert(timeouts.begin(), timeouts.end());
   auto a = std::make_unique<tokend_process>(db.url(), env_a);
   auto key = a->tenant_key("acme");
   put_provider(*a, key, "p", fake.url("/token"));
-  for (int i = 0; i < 5; ++i) REQUIRE(import_connection(*a, key, numbered("c", i), "p", "at", numbered("rt-", i)) == 201);
+  for (int i = 0; i < 5; ++i)
+    REQUIRE(import_connection(*a, key, numbered("c", i), "p", "at", numbered("rt-", i)) == 201);
   REQUIRE(a->process().wait_for_output("scheduler claimed; pausing", 10s));
   REQUIRE(db.query_int("SELECT count(*) FROM connections WHERE claimed_by = 'inst-a' AND "
                        "claim_expires_at > now() + interval '5 seconds'") == 5);
@@ -490,22 +503,17 @@ TEST_CASE("SIGKILL after claiming: the claims expire and another instance refres
   CHECK(std::set<std::string>(presented.begin(), presented.end()).size() == 5);
   // Only after A's lease ran out, and by B.
   CHECK(db.query_int("SELECT count(*) FROM connection_events WHERE trigger = 'scheduled' AND "
-                     "outcome = 'refreshed' AND instance = 'inst-b' AND at >= '" + lease_end +
-                     "'::timestamptz") == 5);
+                     "outcome = 'refreshed' AND instance = 'inst-b' AND at >= '" +
+                     lease_end + "'::timestamptz") == 5);
   CHECK(db.query_int("SELECT count(*) FROM connections WHERE claimed_by IS NOT NULL") == 0);
 
   // SIGTERM during the pause: the claims are released at once, nothing is refreshed.
-  auto env_c = sched_env({{"TOKEND_INSTANCE_ID", "inst-c"},
-                          {"TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", "600000"}});
+  auto env_c = sched_env(
+      {{"TOKEND_INSTANCE_ID", "inst-c"}, {"TOKEND_TEST_SCHEDULER_PAUSE_AFTER_CLAIM_MS", "600000"}});
   env_c.insert(timeouts.begin(), timeouts.end());
   REQUIRE(b.stop() == 0);
   tokend_process c(db.url(), env_c);
-  {
-    pqxx::connection conn(db.url());
-    pqxx::work w(conn);
-    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second'");
-    w.commit();
-  }
+  run_sql(db, {"UPDATE connections SET next_refresh_at = now() - interval '1 second'"});
   REQUIRE(c.process().wait_for_output("scheduler claimed; pausing", 10s));
   REQUIRE(db.query_int("SELECT count(*) FROM connections WHERE claimed_by = 'inst-c'") == 5);
   REQUIRE(c.stop() == 0);
@@ -516,31 +524,27 @@ TEST_CASE("SIGKILL after claiming: the claims expire and another instance refres
   // SIGTERM while scheduled refreshes run (no test hook): the running ones finish and store
   // their token sets, nothing stays claimed, and no provider call follows the exit.
   {
-    pqxx::connection conn(db.url());
-    pqxx::work w(conn);
+    std::vector<std::string> copies;
     for (int i = 5; i < 40; ++i) {
-      w.exec("INSERT INTO connections (tenant_id, id, provider_id, key_id, access_token_ct, "
-             "refresh_token_ct, access_token_fp, refresh_token_fp, access_expires_at, "
-             "access_lifetime, token_origin, next_refresh_at) SELECT tenant_id, 'x" +
-             std::to_string(i) + "', provider_id, key_id, access_token_ct, refresh_token_ct, "
-             "access_token_fp, refresh_token_fp, access_expires_at, access_lifetime, "
-             "token_origin, now() + interval '1 hour' FROM connections WHERE id = 'c0'");
+      copies.push_back(
+          "INSERT INTO connections (tenant_id, id, provider_id, key_id, access_token_ct, "
+          "refresh_token_ct, access_token_fp, refresh_token_fp, access_expires_at, "
+          "access_lifetime, token_origin, next_refresh_at) SELECT tenant_id, 'x" +
+          std::to_string(i) +
+          "', provider_id, key_id, access_token_ct, refresh_token_ct, "
+          "access_token_fp, refresh_token_fp, access_expires_at, access_lifetime, "
+          "token_origin, now() + interval '1 hour' FROM connections WHERE id = 'c0'");
     }
-    w.commit();
+    run_sql(db, copies);
   }
   fake.control("POST", "/control/script", {{"steps", {{{"delay_ms", 400}, {"repeat", 100}}}}});
   auto env_d = sched_env({{"TOKEND_INSTANCE_ID", "inst-d"}});
   env_d.insert(timeouts.begin(), timeouts.end());
   tokend_process d(db.url(), env_d);
-  {
-    pqxx::connection conn(db.url());
-    pqxx::work w(conn);
-    // The copies' ciphertexts are bound to c0's row id: they fail to decrypt, which is a
-    // flight that writes nothing (its claim must be released). c0..c4 refresh normally.
-    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second', "
-           "access_expires_at = now() - interval '1 second'");
-    w.commit();
-  }
+  // The copies' ciphertexts are bound to c0's row id: they fail to decrypt, which is a
+  // flight that writes nothing (its claim must be released). c0..c4 refresh normally.
+  run_sql(db, {"UPDATE connections SET next_refresh_at = now() - interval '1 second', "
+               "access_expires_at = now() - interval '1 second'"});
   const int before = requests_seen(fake);
   REQUIRE(eventually([&] { return requests_seen(fake) > before; }, 10s));
   REQUIRE(d.stop() == 0);
@@ -563,12 +567,7 @@ TEST_CASE("a forced refresh that joins a scheduled flight finding the row not du
   REQUIRE(import_connection(t, key, "c1", "p", "at", "rt", 3600) == 201);
   // Due by hand, not by the rule (the token is valid for an hour): the scheduled flight will
   // only re-stamp it.
-  {
-    pqxx::connection c(db.url());
-    pqxx::work w(c);
-    w.exec("UPDATE connections SET next_refresh_at = now() - interval '1 second'");
-    w.commit();
-  }
+  run_sql(db, {"UPDATE connections SET next_refresh_at = now() - interval '1 second'"});
   REQUIRE(t.process().wait_for_output("scheduler claimed; pausing", 10s));
   // Hold the row lock so the scheduled flight waits on it, then send a forced refresh: it joins.
   pqxx::connection holder(db.url());

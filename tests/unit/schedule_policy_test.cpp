@@ -33,8 +33,8 @@ TEST_CASE("access window: min(refresh_ahead, half the lifetime), moved earlier b
   for (long long row = 1; row <= 500; ++row) {
     const auto f = facts(row, 3600, t0 + 3600s);
     const auto due = access_due_at(f, s);
-    CHECK(due <= t0 + 3000s);          // never later than the window
-    CHECK(due >= t0 + 3000s - 120s);   // at most 20 % of 600 s earlier
+    CHECK(due <= t0 + 3000s);           // never later than the window
+    CHECK(due >= t0 + 3000s - 120s);    // at most 20 % of 600 s earlier
     CHECK(due == access_due_at(f, s));  // stable
   }
   // 300 s tokens, refresh_ahead 600: due 150..180 s before expiry, not continuously.
@@ -137,8 +137,7 @@ TEST_CASE("scheduled back-off doubles to the cap and is never zero", "[schedule_
   }
 }
 
-TEST_CASE("token bucket: a 200 ms burst, then the rate",
-          "[schedule_policy]") {
+TEST_CASE("token bucket: a 200 ms burst, then the rate", "[schedule_policy]") {
   async::token_bucket b;
   const auto now = std::chrono::steady_clock::time_point{} + 1000s;
   int taken = 0;
