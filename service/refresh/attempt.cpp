@@ -777,16 +777,13 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
 asio::awaitable<flight_result> fly(const engine_deps& d, flight& f) {
   // Provider configuration first, outside any lock; the short pool failing here is 503
   // `unavailable` (before any provider call).
+  // One statement, no transaction block (the row lock re-reads the connection anyway).
   auto seen = co_await d.db.run(f.deadline, [&](pqxx::connection_base& c) {
-    pqxx::read_transaction tx(c);
-    auto conn = store::get_connection(tx, f.tenant, f.id);
-    std::optional<provider_record> p;
-    if (conn) p = store::get_provider(tx, f.tenant, conn->provider_id);
-    return std::pair{conn, p};
+    pqxx::nontransaction tx(c);
+    return store::get_provider_of_connection(tx, f.tenant, f.id);
   });
-  if (!seen.first) throw api_error(errc::not_found, "no such connection");
-  if (!seen.second) throw api_error(errc::internal, "the connection's provider is missing");
-  const provider_record provider = std::move(*seen.second);
+  if (!seen) throw api_error(errc::not_found, "no such connection");
+  const provider_record provider = std::move(*seen);
 
   // Slots in the order tenant -> provider -> pool, each wait bounded by the deadline and ending
   // in the transient fallback. The tenant cap keeps the tenant share of the refresh pool free

@@ -233,6 +233,16 @@ std::optional<provider_record> get_provider(tx_t& tx, const std::string& tenant,
   return first_row(r, to_provider);
 }
 
+std::optional<provider_record> get_provider_of_connection(tx_t& tx, const std::string& tenant,
+                                                          const std::string& connection_id) {
+  auto r = exec(tx,
+                "SELECT " + kProviderColumns +
+                    " FROM providers WHERE tenant_id = $1 AND id = (SELECT provider_id FROM "
+                    "connections WHERE tenant_id = $1 AND id = $2)",
+                tenant, connection_id);
+  return first_row(r, to_provider);
+}
+
 std::vector<provider_record> list_providers(tx_t& tx, const std::string& tenant) {
   return all_rows(
       exec(tx, "SELECT " + kProviderColumns + " FROM providers WHERE tenant_id = $1 ORDER BY id",
@@ -498,18 +508,18 @@ std::vector<due_claim> claim_due(tx_t& tx, const std::string& instance, int limi
                                  long long lease_s) {
   // The lease is committed and the row locks released with this statement's transaction: the
   // engine then locks the row on its own session. Rows locked by a refresh in progress are
-  // skipped, and so are providers on cool-down. A claimed row's next_refresh_at moves to the
-  // lease's end: it leaves the head of the index (later claims do not walk past it), and an
-  // expired lease (a dead instance) is due again by itself.
+  // skipped, and so are providers on cool-down; a claim whose lease has expired (a dead
+  // instance) is claimable again. The claim changes no indexed column, so its update can be
+  // HOT; live claims at the head of the index are at most the instances' scheduler slots.
   auto r = exec(tx,
-                "WITH due AS (SELECT c.row_id, c.next_refresh_at FROM connections c WHERE "
-                "c.status = 'active' AND c.next_refresh_at <= now() AND NOT EXISTS (SELECT 1 "
-                "FROM providers p WHERE p.tenant_id = c.tenant_id AND p.id = c.provider_id AND "
-                "p.cooldown_until > now()) ORDER BY c.next_refresh_at LIMIT $1 FOR UPDATE OF c "
-                "SKIP LOCKED) UPDATE connections c SET claimed_by = $2, claim_expires_at = now() "
-                "+ $3 * interval '1 second', next_refresh_at = now() + $3 * interval '1 second' "
-                "FROM due WHERE c.row_id = due.row_id RETURNING c.tenant_id, c.id, c.row_id, "
-                "c.provider_id, c.token_version, " TS("due.next_refresh_at"),
+                "WITH due AS (SELECT c.row_id FROM connections c WHERE c.status = 'active' "
+                "AND c.next_refresh_at <= now() AND (c.claim_expires_at IS NULL OR "
+                "c.claim_expires_at <= now()) AND NOT EXISTS (SELECT 1 FROM providers p WHERE "
+                "p.tenant_id = c.tenant_id AND p.id = c.provider_id AND p.cooldown_until > now()) "
+                "ORDER BY c.next_refresh_at LIMIT $1 FOR UPDATE OF c SKIP LOCKED) "
+                "UPDATE connections c SET claimed_by = $2, claim_expires_at = now() + $3 * "
+                "interval '1 second' FROM due WHERE c.row_id = due.row_id RETURNING c.tenant_id, "
+                "c.id, c.row_id, c.provider_id, c.token_version, " TS("c.next_refresh_at"),
                 limit, instance, lease_s);
   std::vector<due_claim> out;
   out.reserve(r.size());
@@ -534,7 +544,8 @@ void release_claims(tx_t& tx, const std::string& instance, const std::vector<lon
 long long count_due_unclaimed(tx_t& tx, long long cap) {
   return exec(tx,
               "SELECT count(*) FROM (SELECT 1 FROM connections WHERE status = 'active' AND "
-              "next_refresh_at <= now() LIMIT $1) d",
+              "next_refresh_at <= now() AND (claim_expires_at IS NULL OR claim_expires_at <= "
+              "now()) LIMIT $1) d",
               cap)[0][0]
       .as<long long>();
 }

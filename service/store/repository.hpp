@@ -40,6 +40,9 @@ void record_key_uses(tx_t& tx, const std::vector<key_use>& uses);
 std::optional<provider_record> get_provider(tx_t& tx, const std::string& tenant,
                                             const std::string& id, bool for_update = false);
 std::vector<provider_record> list_providers(tx_t& tx, const std::string& tenant);
+// The provider of connection (tenant, connection_id); nullopt when the connection does not exist.
+std::optional<provider_record> get_provider_of_connection(tx_t& tx, const std::string& tenant,
+                                                          const std::string& connection_id);
 long long next_provider_row_id(tx_t& tx);
 // Inserts or replaces (by tenant, id) with all fields of `p`; returns the stored record.
 provider_record upsert_provider(tx_t& tx, const provider_record& p);
@@ -135,15 +138,15 @@ struct due_claim {
   long long token_version = 0;
   sys_time due_at;  // next_refresh_at when claimed
 };
-// Claims up to `limit` due active rows whose provider is not on cool-down, oldest due first,
-// with FOR UPDATE SKIP LOCKED; commits a lease of `lease_s` and moves next_refresh_at to the
-// lease's end (so an expired lease is due again). due_at is the stamp before the claim.
+// Claims up to `limit` due active rows, unclaimed or with an expired lease, whose provider is
+// not on cool-down, oldest due first, with FOR UPDATE SKIP LOCKED; commits a lease of
+// `lease_s`.
 std::vector<due_claim> claim_due(tx_t& tx, const std::string& instance, int limit,
                                  long long lease_s);
 // Releases this instance's claims on `row_ids`: due again `delay_ms` from now.
 void release_claims(tx_t& tx, const std::string& instance, const std::vector<long long>& row_ids,
                     long long delay_ms);
-// Due rows (claimed rows are stamped with their lease's end), counted up to `cap`.
+// Due rows nobody holds a live claim on, counted up to `cap`.
 long long count_due_unclaimed(tx_t& tx, long long cap);
 void set_last_forced_refresh(tx_t& tx, const std::string& tenant, const std::string& id,
                              sys_time at);

@@ -460,8 +460,10 @@ TEST_CASE("a provider rate of 50/s is never exceeded; on-demand calls are still 
     worst = std::max(worst, static_cast<std::size_t>(end - (at.begin() + static_cast<long>(i))));
   }
   INFO("most refreshes in one second: " << worst);
-  // 50/s plus one bucket (200 ms worth, 10), and 2 for arrival jitter at the endpoint.
-  CHECK(worst <= 62);
+  // 50/s plus one bucket (200 ms worth, 10), plus 10 for arrival jitter: the fake endpoint
+  // stamps arrivals in a Node process that shares 2 loaded cores with everything else.
+  // (Without the limit the 320 refreshes take about a second: the next check.)
+  CHECK(worst <= 70);
   CHECK(worst >= 40);  // the precondition: the limit was what held it back
   // 320 at 50/s: at least ~6 s.
   CHECK(at.back() - at.front() >= 5500.0);
