@@ -599,3 +599,22 @@ TEST_CASE("a forced refresh that joins a scheduled flight finding the row not du
   CHECK(metric_value(t.get("/metrics").body,
                      "tokend_scheduler_refreshes_total{outcome=\"not_due\",provider=\"p\"}") == 1);
 }
+
+TEST_CASE("TOKEND_SCHEDULER=off: that instance never refreshes on its own", "[scheduler]") {
+  node_peer fake{"fake-token-endpoint.mjs"};
+  scratch_database db;
+  tokend_process t(db.url(), sched_env({{"TOKEND_SCHEDULER", "off"}}));
+  auto key = t.tenant_key("acme");
+  put_provider(t, key, "p", fake.url("/token"));
+  REQUIRE(import_connection(t, key, "c1", "p", "at", "rt") == 201);  // expired: due at once
+  CHECK(db.query_int("SELECT (next_refresh_at <= now())::int FROM connections") == 1);
+  std::this_thread::sleep_for(3s);  // three idle polls of a scheduler that would be running
+  CHECK(requests_seen(fake) == 0);
+  CHECK(version_of(db, "acme", "c1") == 1);
+  CHECK(t.output().find("scheduler started") == std::string::npos);
+  CHECK(metric_value(t.get("/metrics").body, "tokend_scheduler_claims_total") == 0);
+  // The same database with the scheduler on in another instance: refreshed at once.
+  tokend_process on(db.url(), sched_env());
+  REQUIRE(eventually([&] { return version_of(db, "acme", "c1") == 2; }, 10s));
+  CHECK(requests_seen(fake) == 1);
+}
