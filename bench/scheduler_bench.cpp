@@ -86,14 +86,9 @@ void run_scheduled_throughput(int instances_n, int connections) {
     statements_before += sum_metric(t->get("/metrics").body, "tokend_sql_statements_total");
   const auto commits_before = commits(db);
   const double cpu_before = postgres_cpu_seconds();
-  {
-    pqxx::connection c(db.url());
-    pqxx::work w(c);
-    w.exec(
-        "UPDATE connections SET access_expires_at = now() - interval '1 second', "
-        "next_refresh_at = now()");
-    w.commit();
-  }
+  db.exec(
+      {"UPDATE connections SET access_expires_at = now() - interval '1 second', "
+       "next_refresh_at = now()"});
   const auto t0 = std::chrono::steady_clock::now();
   const auto stamped = db.query_text("SELECT now()::text");
   REQUIRE(eventually(

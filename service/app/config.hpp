@@ -21,7 +21,7 @@ struct config {
   unsigned short listen_port = 8080;
   std::optional<std::string> metrics_host;
   unsigned short metrics_port = 0;
-  std::string public_url;  // defaults to http://{listen}
+  std::string public_url;               // defaults to http://{listen}
   bool public_url_from_listen = false;  // TOKEND_PUBLIC_URL unset
   std::vector<master_key> master_keys;
   std::string admin_token;
@@ -36,7 +36,7 @@ struct config {
   std::chrono::seconds request_timeout{15};
   std::chrono::seconds provider_answer_timeout{60};  // a sent refresh request's answer is awaited
   std::chrono::seconds force_refresh_min_interval{10};
-  bool scheduler = true;                         // TOKEND_SCHEDULER: proactive refresh here
+  bool scheduler = true;                          // TOKEND_SCHEDULER: proactive refresh here
   std::chrono::seconds scheduler_interval{1};     // idle poll when nothing is due
   unsigned scheduler_concurrency = 8;             // scheduled flights in flight per instance
   std::chrono::seconds keepalive_margin{604800};  // TOKEND_KEEPALIVE_MARGIN

@@ -12,7 +12,7 @@
 
 namespace tokend::observability {
 namespace {
-const prometheus::Histogram::BucketBoundaries kLagBuckets = {0.1, 0.25, 0.5, 1,  2.5, 5,
+const prometheus::Histogram::BucketBoundaries kLagBuckets = {0.1, 0.25, 0.5, 1,   2.5, 5,
                                                              10,  30,   60,  120, 300, 600};
 }  // namespace
 
@@ -96,14 +96,16 @@ struct metrics::impl {
   prometheus::Family<prometheus::Gauge>& listener =
       prometheus::BuildGauge()
           .Name("tokend_listener_up")
-          .Help("1 while the change listener is connected and its heartbeat is on time (caches "
-                "are in use)")
+          .Help(
+              "1 while the change listener is connected and its heartbeat is on time (caches "
+              "are in use)")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& heartbeat_late =
       prometheus::BuildCounter()
           .Name("tokend_listener_heartbeat_late_total")
-          .Help("Times the listener's heartbeat missed its deadline (caches bypassed until it "
-                "arrives or the connection is replaced)")
+          .Help(
+              "Times the listener's heartbeat missed its deadline (caches bypassed until it "
+              "arrives or the connection is replaced)")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& jobs =
       prometheus::BuildCounter()
@@ -113,10 +115,11 @@ struct metrics::impl {
   prometheus::Family<prometheus::Counter>& slot_timeouts =
       prometheus::BuildCounter()
           .Name("tokend_refresh_slot_timeouts_total")
-          .Help("Refreshes that waited for a slot until their deadline, by the slot "
-                "(tenant_share: the tenant already holds its cap of the refresh pool; "
-                "provider_cap: the per-provider cap; pool: the row lock or a refresh-pool "
-                "connection; rate: the provider's refresh_rate_per_s)")
+          .Help(
+              "Refreshes that waited for a slot until their deadline, by the slot "
+              "(tenant_share: the tenant already holds its cap of the refresh pool; "
+              "provider_cap: the per-provider cap; pool: the row lock or a refresh-pool "
+              "connection; rate: the provider's refresh_rate_per_s)")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& sched_claims =
       prometheus::BuildCounter()
@@ -126,8 +129,9 @@ struct metrics::impl {
   prometheus::Family<prometheus::Gauge>& sched_backlog =
       prometheus::BuildGauge()
           .Name("tokend_scheduler_backlog")
-          .Help("Connections due for a proactive refresh that no instance has claimed (counted "
-                "every 5 s, up to 100,000)")
+          .Help(
+              "Connections due for a proactive refresh that no instance has claimed (counted "
+              "every 5 s, up to 100,000)")
           .Register(*registry);
   prometheus::Family<prometheus::Gauge>& sched_in_flight =
       prometheus::BuildGauge()
@@ -137,14 +141,16 @@ struct metrics::impl {
   prometheus::Family<prometheus::Histogram>& sched_lag =
       prometheus::BuildHistogram()
           .Name("tokend_scheduler_lag_seconds")
-          .Help("From a connection's due time (next_refresh_at) to the end of its scheduled "
-                "refresh")
+          .Help(
+              "From a connection's due time (next_refresh_at) to the end of its scheduled "
+              "refresh")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& sched_outcomes =
       prometheus::BuildCounter()
           .Name("tokend_scheduler_refreshes_total")
-          .Help("Scheduled refreshes by provider and outcome (refreshed, not_due, transient, "
-                "deferred, or the error code)")
+          .Help(
+              "Scheduled refreshes by provider and outcome (refreshed, not_due, transient, "
+              "deferred, or the error code)")
           .Register(*registry);
   prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
                                                      .Name("tokend_build_info")
@@ -261,7 +267,8 @@ void metrics::scheduler_lag(double seconds) {
   impl_->sched_lag.Add({}, kLagBuckets).Observe(seconds);
 }
 void metrics::scheduler_outcome(std::string_view provider, std::string_view outcome) {
-  impl_->sched_outcomes.Add({{"provider", std::string(provider)}, {"outcome", std::string(outcome)}})
+  impl_->sched_outcomes
+      .Add({{"provider", std::string(provider)}, {"outcome", std::string(outcome)}})
       .Increment();
 }
 
@@ -283,9 +290,7 @@ prometheus::Gauge& metrics::cache_entries(std::string_view cache) {
 }
 prometheus::Counter& metrics::listener_reconnects() { return impl_->reconnects.Add({}); }
 prometheus::Gauge& metrics::listener_up() { return impl_->listener.Add({}); }
-prometheus::Counter& metrics::listener_heartbeat_late() {
-  return impl_->heartbeat_late.Add({});
-}
+prometheus::Counter& metrics::listener_heartbeat_late() { return impl_->heartbeat_late.Add({}); }
 prometheus::Counter& metrics::db_jobs(std::string_view origin) {
   return impl_->jobs.Add({{"origin", std::string(origin)}});
 }

@@ -12,8 +12,8 @@
 #include "cache/caches.hpp"
 #include "core/errors.hpp"
 #include "core/provider_defaults.hpp"
-#include "core/schedule_policy.hpp"
 #include "core/refresh_policy.hpp"
+#include "core/schedule_policy.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
 #include "http/router.hpp"
@@ -38,8 +38,8 @@ namespace {
 bool plausible_secret(std::string_view s) {
   if (s.size() != 43) return false;
   for (char c : s) {
-    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-          c == '-' || c == '_'))
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+          c == '_'))
       return false;
   }
   return true;
@@ -59,8 +59,8 @@ std::string human_time(sys_time t) {
 std::string oauth_error_code(std::string_view e) {
   if (e.empty() || e.size() > 64) return "other";
   for (char c : e) {
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '_' || c == '.' || c == '-'))
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '.' || c == '-'))
       return "other";
   }
   return std::string(e);
@@ -72,8 +72,8 @@ std::string provider_label(const provider_record& p) {
 
 std::string verifier_aad(const std::string& tenant, const std::string& state_hash,
                          const std::string& kid) {
-  return crypto::make_aad(tenant, "reauth_state", crypto::hex(state_hash), 0, "code_verifier",
-                          kid, 1);
+  return crypto::make_aad(tenant, "reauth_state", crypto::hex(state_hash), 0, "code_verifier", kid,
+                          1);
 }
 
 // Stored so a reload of the callback URL shows the same final page.
@@ -128,7 +128,7 @@ page gone_page(const store::reauth_link_record& l) {
   }
   return simple(410, "This link has expired",
                 {"The link expired on " + human_time(l.expires_at) +
-                     ". Ask the person who sent it for a new one."});
+                 ". Ask the person who sent it for a new one."});
 }
 
 page connection_gone_page() {
@@ -287,9 +287,9 @@ asio::awaitable<http::response> flows::impl::connect_page(http::request& req) {
           p.paragraphs.push_back(label + " said: " + le["description"].get<std::string>());
         }
       }
-      p.paragraphs.push_back("Provider: " + label + " (" + provider->id + "). Requested by: " +
-                             tenant + " (" + link->tenant_id + "). Connection: " +
-                             link->connection_id + ".");
+      p.paragraphs.push_back("Provider: " + label + " (" + provider->id +
+                             "). Requested by: " + tenant + " (" + link->tenant_id +
+                             "). Connection: " + link->connection_id + ".");
       p.paragraphs.push_back("Press Reconnect to sign in at " + label +
                              " and allow access. This link works until " +
                              human_time(link->expires_at) + ".");
@@ -357,8 +357,10 @@ asio::awaitable<http::response> flows::impl::reconnect(http::request& req) {
       }
       const auto label = provider_label(*provider);
       log::write(log::level::info, "reauth started",
-                 {{"tenant", link->tenant_id}, {"connection", link->connection_id},
-                  {"link", link->id}, {"provider", provider->id}},
+                 {{"tenant", link->tenant_id},
+                  {"connection", link->connection_id},
+                  {"link", link->id},
+                  {"provider", provider->id}},
                  req.request_id);
       // A 200 page that continues by itself (meta refresh) and by a link, not a redirect: the
       // connect page's CSP form-action would apply to every redirect after its form POST, so a
@@ -381,16 +383,17 @@ asio::awaitable<http::response> flows::impl::reconnect(http::request& req) {
 asio::awaitable<page> flows::impl::fail(const exchange_job& job, page p, std::string ops_reason,
                                         std::optional<int> http_status) {
   log::write(log::level::warn, "reauth failed",
-             {{"tenant", job.link.tenant_id}, {"connection", job.link.connection_id},
-              {"link", job.link.id}, {"reason", ops_reason}},
+             {{"tenant", job.link.tenant_id},
+              {"connection", job.link.connection_id},
+              {"link", job.link.id},
+              {"reason", ops_reason}},
              job.request_id);
   const auto deadline = steady::now() + std::chrono::seconds(10);
   try {
     co_await in_tx(deadline, [&](pqxx::work& tx) {
       store::end_link_attempt(tx, job.link.tenant_id, job.link.id, "failed", ops_reason);
       store::finish_state(tx, job.state_hash, "failed", page_json(p).dump());
-      append_link_event(tx, job.link, "reauth_failed", ops_reason, job.request_id, o,
-                        http_status);
+      append_link_event(tx, job.link, "reauth_failed", ops_reason, job.request_id, o, http_status);
     });
   } catch (const std::exception& e) {
     log::write(log::level::error, "reauth failure not recorded", {{"error", e.what()}},
@@ -414,11 +417,11 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
   policy::provider_reply pr{reply.sent, reply.status, reply.body_complete, std::move(reply.body),
                             reply.retry_after};
   auto cls = reply.refused
-                 ? policy::classification{policy::outcome::config_error, {}, {},
+                 ? policy::classification{policy::outcome::config_error,           {}, {},
                                           std::string("outbound address refused"), {}, reply.error}
-                 : policy::classify(pr, sent_at,
-                                    {job.provider.default_expires_in,
-                                     job.provider.refresh_token_lifetime});
+                 : policy::classify(
+                       pr, sent_at,
+                       {job.provider.default_expires_in, job.provider.refresh_token_lifetime});
   const auto status = reply.status ? std::optional<int>(reply.status) : std::nullopt;
   if (cls.kind != policy::outcome::refreshed || !cls.tokens) {
     const std::string why = std::string("code exchange: ") +
@@ -426,24 +429,27 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
                             (cls.oauth_error ? " (" + *cls.oauth_error + ")" : "");
     if (cls.kind == policy::outcome::invalid_grant) {
       {
-      page failed = simple(502, "The sign-in could not be completed", {label + " did not accept the sign-in (the authorization expired or "
-                                       "was already used). Nothing was changed.",
-                               "Open your link again and press Reconnect to retry."});
-      co_return co_await fail(job, std::move(failed), why, status);
-    }
+        page failed = simple(502, "The sign-in could not be completed",
+                             {label + " did not accept the sign-in (the authorization expired or "
+                                      "was already used). Nothing was changed.",
+                              "Open your link again and press Reconnect to retry."});
+        co_return co_await fail(job, std::move(failed), why, status);
+      }
     }
     if (cls.kind == policy::outcome::transient || cls.kind == policy::outcome::in_doubt) {
       {
-      page failed = simple(503, "The sign-in could not be completed", {label + " could not be reached to finish the sign-in. Nothing was "
-                                       "changed.",
-                               "Open your link again and press Reconnect to retry."});
-      co_return co_await fail(job, std::move(failed), why, status);
-    }
+        page failed = simple(503, "The sign-in could not be completed",
+                             {label + " could not be reached to finish the sign-in. Nothing was "
+                                      "changed.",
+                              "Open your link again and press Reconnect to retry."});
+        co_return co_await fail(job, std::move(failed), why, status);
+      }
     }
     {
-      page failed = simple(502, "The sign-in could not be completed", {label + " answered the sign-in with an error. Nothing was changed.",
-                             "Please tell the person who sent you the link; they can see the "
-                             "details."});
+      page failed = simple(502, "The sign-in could not be completed",
+                           {label + " answered the sign-in with an error. Nothing was changed.",
+                            "Please tell the person who sent you the link; they can see the "
+                            "details."});
       co_return co_await fail(job, std::move(failed), why, status);
     }
   }
@@ -465,8 +471,7 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
     for (int attempt = 1; attempt <= o.canary_tries && steady::now() < canary_end; ++attempt) {
       // Each try gets an equal share of what is left (at most the canary timeout).
       const auto share = (canary_end - steady::now()) / (o.canary_tries - attempt + 1);
-      const auto deadline =
-          steady::now() + std::min<steady::duration>(o.canary_timeout, share);
+      const auto deadline = steady::now() + std::min<steady::duration>(o.canary_timeout, share);
       const std::vector<std::pair<std::string, std::string>> headers = {
           {"Authorization", "Bearer " + tokens.access_token}, {"Accept", "application/json"}};
       auto r = co_await http.request("GET", *job.provider.canary_url, headers, "", deadline);
@@ -484,11 +489,11 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
         co_return co_await fail(job, std::move(failed),
                                 "canary answered " + std::to_string(r.status), r.status);
       }
-      last = r.refused ? "outbound address refused"
+      last = r.refused  ? "outbound address refused"
              : r.status ? "HTTP " + std::to_string(r.status)
                         : "no answer (" + r.error + ")";
-      const bool retryable = !r.refused && (r.status == 0 || r.status == 408 ||
-                                            r.status == 429 || r.status >= 500);
+      const bool retryable =
+          !r.refused && (r.status == 0 || r.status == 408 || r.status == 429 || r.status >= 500);
       if (!retryable) break;
       if (attempt < o.canary_tries) {
         asio::steady_timer t(ex);
@@ -606,14 +611,16 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
       if (out.already_completed) co_return ok;
       if (out.problem) {
         {
-      page failed = simple(out.problem->status, out.problem->title, out.problem->paragraphs);
-      co_return co_await fail(job, std::move(failed), out.problem->title, std::nullopt);
-    }
+          page failed = simple(out.problem->status, out.problem->title, out.problem->paragraphs);
+          co_return co_await fail(job, std::move(failed), out.problem->title, std::nullopt);
+        }
       }
       caches.invalidate(cache::caches::token_key(job.link.tenant_id, job.link.connection_id));
       log::write(log::level::info, "reauthorized",
-                 {{"tenant", job.link.tenant_id}, {"connection", job.link.connection_id},
-                  {"link", job.link.id}, {"token_version", *out.version},
+                 {{"tenant", job.link.tenant_id},
+                  {"connection", job.link.connection_id},
+                  {"link", job.link.id},
+                  {"token_version", *out.version},
                   {"access_token_fingerprint", crypto::fingerprint(tokens.access_token)},
                   {"refresh_token_fingerprint",
                    tokens.refresh_token ? json(crypto::fingerprint(*tokens.refresh_token))
@@ -632,8 +639,10 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
     }
     if (steady::now() >= store_until) {
       log::write(log::level::error, "reauthorized token set could not be stored",
-                 {{"tenant", job.link.tenant_id}, {"connection", job.link.connection_id},
-                  {"link", job.link.id}, {"error", error},
+                 {{"tenant", job.link.tenant_id},
+                  {"connection", job.link.connection_id},
+                  {"link", job.link.id},
+                  {"error", error},
                   {"refresh_token_fingerprint",
                    tokens.refresh_token ? json(crypto::fingerprint(*tokens.refresh_token))
                                         : json(nullptr)}},
@@ -662,10 +671,10 @@ asio::awaitable<http::response> flows::impl::callback(http::request& req) {
     } catch (const api_error&) {
       state.reset();
     }
-    const page bad_state = simple(
-        400, "This sign-in response is not valid",
-        {"The response is unknown, was altered, or belongs to another link, so nothing was "
-         "changed. Open your link again and press Reconnect."});
+    const page bad_state =
+        simple(400, "This sign-in response is not valid",
+               {"The response is unknown, was altered, or belongs to another link, so nothing was "
+                "changed. Open your link again and press Reconnect."});
     if (!state || !plausible_secret(*state)) co_return render(bad_state);
     const auto state_hash = crypto::sha256(*state);
 
@@ -707,16 +716,15 @@ asio::awaitable<http::response> flows::impl::callback(http::request& req) {
       if (error) {
         const auto err = oauth_error_code(*error);
         if (err == "access_denied") {
-          const auto p = simple(200, "Reconnect declined",
-                                {"You declined to allow access at " + label +
-                                     ", so nothing was changed.",
-                                 "If that was a mistake, open your link again and press "
-                                 "Reconnect."});
+          const auto p =
+              simple(200, "Reconnect declined",
+                     {"You declined to allow access at " + label + ", so nothing was changed.",
+                      "If that was a mistake, open your link again and press "
+                      "Reconnect."});
           store::end_link_attempt(tx, link->tenant_id, link->id, "declined",
                                   "declined at the provider (access_denied)");
           append_link_event(tx, *link, "reauth_declined",
-                            "the user declined at the provider (access_denied)", req.request_id,
-                            o);
+                            "the user declined at the provider (access_denied)", req.request_id, o);
           return ended(p, "declined");
         }
         const auto p = simple(502, "The sign-in could not be completed",
@@ -724,8 +732,8 @@ asio::awaitable<http::response> flows::impl::callback(http::request& req) {
                                "Open your link again and press Reconnect to retry."});
         store::end_link_attempt(tx, link->tenant_id, link->id, "failed",
                                 "authorization error: " + err);
-        append_link_event(tx, *link, "reauth_failed", "authorization error: " + err,
-                          req.request_id, o);
+        append_link_event(tx, *link, "reauth_failed", "authorization error: " + err, req.request_id,
+                          o);
         return ended(p, "failed");
       }
       if (!code || code->empty() || code->size() > 4096 || !provider) {

@@ -168,29 +168,10 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
   const auto t = static_cast<trigger>(trig);
   constexpr int kMaxRounds = 3;  // a conditional caller rejoins at most this often
   for (int round = 1;; ++round) {
-    std::shared_ptr<flight> f;
     bool started = false;
-    {
-      std::lock_guard lk(mu_);
-      auto& slot = flights_[{who.tenant, seen.id}];
-      if (slot && slot->persist_pending) throw detail::write_pending_error();
-      if (!slot) {
-        slot = std::make_shared<flight>();
-        slot->tenant = who.tenant;
-        slot->id = seen.id;
-        slot->t = t;
-        slot->trigger_version = seen.token_version;
-        slot->request_id = who.request_id;
-        slot->deadline = who.deadline;
-        started = true;
-      }
-      f = slot;
-    }
-    if (started) {
-      // The flight belongs to the engine, not to this caller: a caller that goes away does not
-      // cancel it, and graceful shutdown waits for it.
-      asio::co_spawn(d_->ex, run_flight(f), asio::detached);
-    } else {
+    auto f = flight_for(who, seen.id, trig, seen.token_version, started);
+    if (!f) throw detail::write_pending_error();
+    if (!started) {
       std::lock_guard lk(f->mu);
       ++f->joined;
       d_->metrics.refresh_joined();
@@ -263,33 +244,47 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
   }
 }
 
-asio::awaitable<scheduled_report> engine::run_scheduled(const scheduled_claim& claim) {
-  scheduled_report rep;
+std::shared_ptr<flight> engine::flight_for(const caller& who, const std::string& id, int trig,
+                                           long long version, bool& started) {
   std::shared_ptr<flight> f;
-  bool started = false;
+  started = false;
   {
     std::lock_guard lk(mu_);
-    auto& slot = flights_[{claim.tenant, claim.id}];
-    if (slot && slot->persist_pending) {
-      rep.outcome = "deferred";  // this instance is still writing a rotated token set
-      co_return rep;
-    }
+    auto& slot = flights_[{who.tenant, id}];
+    if (slot && slot->persist_pending) return nullptr;
     if (!slot) {
       slot = std::make_shared<flight>();
-      slot->tenant = claim.tenant;
-      slot->id = claim.id;
-      slot->t = trigger::scheduled;
-      slot->trigger_version = claim.token_version;
-      slot->request_id =
-          "sched-" + std::to_string(claim.row_id) + "-" + std::to_string(claim.token_version);
-      slot->deadline = steady::now() + d_->opts.request_timeout;
+      slot->tenant = who.tenant;
+      slot->id = id;
+      slot->t = static_cast<trigger>(trig);
+      slot->trigger_version = version;
+      slot->request_id = who.request_id;
+      slot->deadline = who.deadline;
       started = true;
     }
     f = slot;
   }
+  // The flight belongs to the engine, not to its first caller: a caller that goes away does not
+  // cancel it, and graceful shutdown waits for it.
+  if (started) asio::co_spawn(d_->ex, run_flight(f), asio::detached);
+  return f;
+}
+
+asio::awaitable<scheduled_report> engine::run_scheduled(const scheduled_claim& claim) {
+  scheduled_report rep;
+  const caller who{
+      claim.tenant,
+      "sched-" + std::to_string(claim.row_id) + "-" + std::to_string(claim.token_version),
+      steady::now() + d_->opts.request_timeout};
   // A flight already in progress (an on-demand caller's) is joined: its write clears the claim,
   // or the scheduler releases it.
-  if (started) asio::co_spawn(d_->ex, run_flight(f), asio::detached);
+  bool started = false;
+  auto f =
+      flight_for(who, claim.id, static_cast<int>(trigger::scheduled), claim.token_version, started);
+  if (!f) {
+    rep.outcome = "deferred";  // this instance is still writing a rotated token set
+    co_return rep;
+  }
   std::shared_ptr<flight::waiter> w;
   {
     std::lock_guard lk(f->mu);

@@ -128,6 +128,11 @@ class engine {
   boost::asio::awaitable<token_answer> join_or_start(const caller& who,
                                                      const connection_record& seen, int trigger);
   boost::asio::awaitable<void> run_flight(std::shared_ptr<detail::flight> f);
+  // The flight of (who.tenant, id): the one in progress (started = false), or a new one with
+  // `trig` from `version` under `who`'s request id and deadline, spawned on the engine
+  // (started = true). nullptr while a rotated token set of this connection awaits its write.
+  std::shared_ptr<detail::flight> flight_for(const caller& who, const std::string& id, int trig,
+                                             long long version, bool& started);
   boost::asio::awaitable<connection_record> load(const caller& who, const std::string& id);
   // Throws 503 `unavailable` while a rotated token set of this connection awaits its write here.
   void refuse_while_pending(const std::string& tenant, const std::string& id) const;

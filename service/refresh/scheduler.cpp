@@ -119,41 +119,35 @@ struct scheduler::impl : std::enable_shared_from_this<impl> {
       stop_now = stopping;
     }
     scheduled_report rep;
+    milliseconds release_after{0};
     if (stop_now) {
-      // SIGTERM came after the claim: not started, so released for the other instances.
-      std::vector<long long> rows{c.row_id};
-      co_await release(std::move(rows), milliseconds(0));
-      metrics.scheduler_outcome(c.provider_id, "released");
-      metrics.scheduler_in_flight().Decrement();
-      {
-        std::lock_guard lk(mu);
-        --running;
+      // SIGTERM came after the claim: not started, so released for the other instances at once.
+      rep.outcome = "released";
+    } else {
+      scheduled_claim claim;
+      claim.tenant = c.tenant_id;
+      claim.id = c.id;
+      claim.provider = c.provider_id;
+      claim.row_id = c.row_id;
+      claim.token_version = c.token_version;
+      try {
+        rep = co_await eng.run_scheduled(claim);
+      } catch (const std::exception& e) {
+        rep.outcome = "internal";
+        log::write(log::level::error, "scheduled refresh failed unexpectedly",
+                   {{"tenant", c.tenant_id}, {"connection", c.id}, {"error", e.what()}});
       }
-      notify_loop();
-      co_return;
-    }
-    scheduled_claim claim;
-    claim.tenant = c.tenant_id;
-    claim.id = c.id;
-    claim.provider = c.provider_id;
-    claim.row_id = c.row_id;
-    claim.token_version = c.token_version;
-    try {
-      rep = co_await eng.run_scheduled(claim);
-    } catch (const std::exception& e) {
-      rep.outcome = "internal";
-      log::write(log::level::error, "scheduled refresh failed unexpectedly",
-                 {{"tenant", c.tenant_id}, {"connection", c.id}, {"error", e.what()}});
+      // Nothing this flight wrote cleared the claim: try again later (an undecryptable row much
+      // later: only a key coming back can help it).
+      release_after =
+          opts.release_delay +
+          milliseconds(static_cast<long long>(
+              random_u64() % static_cast<std::uint64_t>(opts.release_delay.count() + 1)));
+      if (rep.outcome == "decrypt_failed") release_after = std::chrono::hours(1);
     }
     if (!rep.settled) {
-      // Nothing this flight wrote cleared the claim: release it, and try again later (an
-      // undecryptable row much later: only a key coming back can help it).
-      auto delay = opts.release_delay +
-                   milliseconds(static_cast<long long>(
-                       random_u64() % static_cast<std::uint64_t>(opts.release_delay.count() + 1)));
-      if (rep.outcome == "decrypt_failed") delay = std::chrono::hours(1);
       std::vector<long long> rows{c.row_id};
-      co_await release(std::move(rows), delay);
+      co_await release(std::move(rows), release_after);
     }
     if (rep.outcome == "refreshed") {
       metrics.scheduler_lag(std::chrono::duration<double>(clock.now() - c.due_at).count());

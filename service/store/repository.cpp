@@ -109,9 +109,8 @@ connection_record to_connection(const pqxx::row& r) {
     const std::string v = r[26].as<std::string>();
     const auto a = v.find(' '), b = v.rfind(' ');
     if (a != std::string::npos && b > a) {
-      c.open_link = open_link_ref{v.substr(0, a),
-                                  from_micros(std::stoll(v.substr(a + 1, b - a - 1))),
-                                  v.substr(b + 1)};
+      c.open_link = open_link_ref{
+          v.substr(0, a), from_micros(std::stoll(v.substr(a + 1, b - a - 1))), v.substr(b + 1)};
     }
   }
   c.next_refresh_at = opt_ts(r[27]);
@@ -333,25 +332,25 @@ connection_record insert_connection(tx_t& tx, const connection_record& c) {
 
 std::optional<connection_record> replace_connection(tx_t& tx, const connection_record& c,
                                                     long long expected_version) {
-  auto r = exec(tx,
-                "UPDATE connections SET provider_id = $3, status = 'active', token_version = $4, "
-                "key_id = $5, access_token_ct = $6, refresh_token_ct = NULLIF($7, ''::bytea), "
-                "access_token_fp = $8, refresh_token_fp = $9, token_type = $10, scope = $11, "
-                "metadata = $12::jsonb, access_expires_at = " +
-                    ts_param(13) + ", access_lifetime = $14, refresh_expires_at = " + ts_param(15) +
-                    ", last_error = NULL, reauth_reason = NULL, consecutive_failures = 0, "
-                    "next_attempt_at = NULL, token_origin = NULLIF($17, ''), next_refresh_at = " +
-                    ts_param(18) +
-                    ", refresh_lifetime = $19, refresh_token_expiring = false, claimed_by = NULL, "
-                    "claim_expires_at = NULL, updated_at = now() "
-                    "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
-                    kConnectionColumns,
-                c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
-                pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
-                c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope,
-                c.metadata, to_micros(c.access_expires_at), c.access_lifetime,
-                opt_us(c.refresh_expires_at), expected_version, c.token_origin,
-                opt_us(c.next_refresh_at), c.refresh_lifetime);
+  auto r =
+      exec(tx,
+           "UPDATE connections SET provider_id = $3, status = 'active', token_version = $4, "
+           "key_id = $5, access_token_ct = $6, refresh_token_ct = NULLIF($7, ''::bytea), "
+           "access_token_fp = $8, refresh_token_fp = $9, token_type = $10, scope = $11, "
+           "metadata = $12::jsonb, access_expires_at = " +
+               ts_param(13) + ", access_lifetime = $14, refresh_expires_at = " + ts_param(15) +
+               ", last_error = NULL, reauth_reason = NULL, consecutive_failures = 0, "
+               "next_attempt_at = NULL, token_origin = NULLIF($17, ''), next_refresh_at = " +
+               ts_param(18) +
+               ", refresh_lifetime = $19, refresh_token_expiring = false, claimed_by = NULL, "
+               "claim_expires_at = NULL, updated_at = now() "
+               "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
+               kConnectionColumns,
+           c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
+           pqxx::binarystring(c.sealed.access_token_ct), bytes(c.sealed.refresh_token_ct),
+           c.sealed.access_token_fp, c.sealed.refresh_token_fp, c.token_type, c.scope, c.metadata,
+           to_micros(c.access_expires_at), c.access_lifetime, opt_us(c.refresh_expires_at),
+           expected_version, c.token_origin, opt_us(c.next_refresh_at), c.refresh_lifetime);
   return first_row(r, to_connection);
 }
 
@@ -491,13 +490,17 @@ void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::stri
   exec(tx,
        "UPDATE connections SET last_error = $3::jsonb, consecutive_failures = "
        "consecutive_failures + 1, next_attempt_at = " +
-           ts_param(4) + ", next_refresh_at = CASE WHEN status = 'active' AND refresh_token_ct "
-           "IS NOT NULL THEN " + ts_param(5) + " END, claimed_by = NULL, claim_expires_at = NULL, "
+           ts_param(4) +
+           ", next_refresh_at = CASE WHEN status = 'active' AND refresh_token_ct "
+           "IS NOT NULL THEN " +
+           ts_param(5) +
+           " END, claimed_by = NULL, claim_expires_at = NULL, "
            "updated_at = now() WHERE tenant_id = $1 AND id = $2",
        tenant, id, last_error_json, opt_us(next_attempt_at), to_micros(next_refresh_at));
 }
 
-void restamp_connection(tx_t& tx, long long row_id, const std::optional<sys_time>& next_refresh_at) {
+void restamp_connection(tx_t& tx, long long row_id,
+                        const std::optional<sys_time>& next_refresh_at) {
   exec(tx,
        "UPDATE connections SET next_refresh_at = " + ts_param(2) +
            ", claimed_by = NULL, claim_expires_at = NULL WHERE row_id = $1",

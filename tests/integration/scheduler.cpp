@@ -57,14 +57,6 @@ std::vector<std::string> presented_refresh_tokens(const node_peer& fake) {
   return out;
 }
 
-// Runs `statements` in one transaction (test set-up the API does not offer).
-void run_sql(const scratch_database& db, const std::vector<std::string>& statements) {
-  pqxx::connection c(db.url());
-  pqxx::work w(c);
-  for (const auto& st : statements) w.exec(st);
-  w.commit();
-}
-
 int requests_seen(const node_peer& fake) {
   return fake.control("GET", "/control/requests")["count"].get<int>();
 }
@@ -330,14 +322,14 @@ TEST_CASE("needs_reauth, cooled-down and refresh-token-less connections are neve
                       "WHERE id = 'nort'") == "<null>");
   // A needs_reauth row and a cooled-down provider's row, stamped due by hand so only the claim
   // query's own filters keep them out.
-  run_sql(db,
-          {"UPDATE providers SET cooldown_until = now() + interval '1 hour' WHERE id = 'cool'"});
+  db.exec({"UPDATE providers SET cooldown_until = now() + interval '1 hour' WHERE id = 'cool'"});
   REQUIRE(import_connection(t, key, "reauth", "p", "at", "rt", 3600) == 201);
   REQUIRE(import_connection(t, key, "cooled", "cool", "at", "rt", 3600) == 201);
-  run_sql(db, {"UPDATE connections SET status = 'needs_reauth', reauth_reason = 'grant_revoked' "
-               "WHERE id = 'reauth'",
-               "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id IN "
-               "('reauth', 'cooled')"});
+  db.exec(
+      {"UPDATE connections SET status = 'needs_reauth', reauth_reason = 'grant_revoked' "
+       "WHERE id = 'reauth'",
+       "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id IN "
+       "('reauth', 'cooled')"});
   // A control connection proves the scheduler runs meanwhile.
   REQUIRE(import_connection(t, key, "ok", "p", "at", "rt") == 201);
   REQUIRE(eventually([&] { return version_of(db, "acme", "ok") == 2; }, 10s));
@@ -373,8 +365,9 @@ TEST_CASE(
   put_provider(*inst[0], key, "p", fake.url("/token"));
   seed_connections(db.url(), "acme", "p", 2000, [](int i) { return numbered("seed-at-", i); });
   // All expired and due at the same moment.
-  run_sql(db, {"UPDATE connections SET access_expires_at = now() - interval '1 second', "
-               "next_refresh_at = now() - interval '1 second'"});
+  db.exec(
+      {"UPDATE connections SET access_expires_at = now() - interval '1 second', "
+       "next_refresh_at = now() - interval '1 second'"});
   // On-demand GETs on 200 of them at the same time, spread over the instances.
   std::vector<std::future<http_reply>> gets;
   for (int i = 0; i < 200; ++i) {
@@ -427,11 +420,11 @@ TEST_CASE("a provider rate of 50/s is never exceeded; on-demand calls are still 
   CHECK(t.call("GET", "/v1/providers/p", key).json()["refresh_rate_per_s"] == 50);
   seed_connections(db.url(), "acme", "p", 320, [](int i) { return numbered("seed-at-", i); });
   // 300 due for the scheduler; 20 expired but not stamped due, for on-demand callers.
-  run_sql(db, {"UPDATE connections SET access_expires_at = now() - interval '1 second'",
-               "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE "
-               "id NOT IN (SELECT 'c' || g FROM generate_series(300, 319) g)",
-               "UPDATE connections SET next_refresh_at = now() + interval '1 hour' WHERE "
-               "id IN (SELECT 'c' || g FROM generate_series(300, 319) g)"});
+  db.exec({"UPDATE connections SET access_expires_at = now() - interval '1 second'",
+           "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE "
+           "id NOT IN (SELECT 'c' || g FROM generate_series(300, 319) g)",
+           "UPDATE connections SET next_refresh_at = now() + interval '1 hour' WHERE "
+           "id IN (SELECT 'c' || g FROM generate_series(300, 319) g)"});
   REQUIRE(eventually([&] { return requests_seen(fake) >= 60; }, 10s));
   // On-demand calls while the scheduler is held to the rate: served within their deadline.
   for (int i = 300; i < 320; ++i) {
@@ -515,7 +508,7 @@ TEST_CASE(
   env_c.insert(timeouts.begin(), timeouts.end());
   REQUIRE(b.stop() == 0);
   tokend_process c(db.url(), env_c);
-  run_sql(db, {"UPDATE connections SET next_refresh_at = now() - interval '1 second'"});
+  db.exec({"UPDATE connections SET next_refresh_at = now() - interval '1 second'"});
   REQUIRE(c.process().wait_for_output("scheduler claimed; pausing", 10s));
   REQUIRE(db.query_int("SELECT count(*) FROM connections WHERE claimed_by = 'inst-c'") == 5);
   REQUIRE(c.stop() == 0);
@@ -537,7 +530,7 @@ TEST_CASE(
           "access_token_fp, refresh_token_fp, access_expires_at, access_lifetime, "
           "token_origin, now() + interval '1 hour' FROM connections WHERE id = 'c0'");
     }
-    run_sql(db, copies);
+    db.exec(copies);
   }
   fake.control("POST", "/control/script", {{"steps", {{{"delay_ms", 400}, {"repeat", 100}}}}});
   auto env_d = sched_env({{"TOKEND_INSTANCE_ID", "inst-d"}});
@@ -545,8 +538,9 @@ TEST_CASE(
   tokend_process d(db.url(), env_d);
   // The copies' ciphertexts are bound to c0's row id: they fail to decrypt, which is a
   // flight that writes nothing (its claim must be released). c0..c4 refresh normally.
-  run_sql(db, {"UPDATE connections SET next_refresh_at = now() - interval '1 second', "
-               "access_expires_at = now() - interval '1 second'"});
+  db.exec(
+      {"UPDATE connections SET next_refresh_at = now() - interval '1 second', "
+       "access_expires_at = now() - interval '1 second'"});
   const int before = requests_seen(fake);
   REQUIRE(eventually([&] { return requests_seen(fake) > before; }, 10s));
   REQUIRE(d.stop() == 0);
@@ -569,7 +563,7 @@ TEST_CASE("a forced refresh that joins a scheduled flight finding the row not du
   REQUIRE(import_connection(t, key, "c1", "p", "at", "rt", 3600) == 201);
   // Due by hand, not by the rule (the token is valid for an hour): the scheduled flight will
   // only re-stamp it.
-  run_sql(db, {"UPDATE connections SET next_refresh_at = now() - interval '1 second'"});
+  db.exec({"UPDATE connections SET next_refresh_at = now() - interval '1 second'"});
   REQUIRE(t.process().wait_for_output("scheduler claimed; pausing", 10s));
   // Hold the row lock so the scheduled flight waits on it, then send a forced refresh: it joins.
   pqxx::connection holder(db.url());

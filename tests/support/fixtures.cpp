@@ -117,6 +117,13 @@ long long scratch_database::query_int(const std::string& sql) const {
   return tx.exec1(sql)[0].as<long long>();
 }
 
+void scratch_database::exec(const std::vector<std::string>& statements) const {
+  pqxx::connection c(url_);
+  pqxx::work tx(c);
+  for (const auto& s : statements) tx.exec(s);
+  tx.commit();
+}
+
 std::string logged_address(const std::string& output, const std::string& msg) {
   std::istringstream in(output);
   std::string line;
@@ -140,8 +147,8 @@ tokend_process::tokend_process(const std::string& database_url,
       {"TOKEND_ADMIN_TOKEN", kTestAdminToken},
       // TOKEND_TEST_THREADS: event-loop threads of every tokend a test starts (the tsan check
       // runs with 4).
-      {"TOKEND_THREADS", std::getenv("TOKEND_TEST_THREADS") ? std::getenv("TOKEND_TEST_THREADS")
-                                                            : "2"},
+      {"TOKEND_THREADS",
+       std::getenv("TOKEND_TEST_THREADS") ? std::getenv("TOKEND_TEST_THREADS") : "2"},
       {"TOKEND_DB_POOL_SIZE", "4"},
       {"TOKEND_REFRESH_POOL_SIZE", "4"},
       {"TOKEND_LOG_FORMAT", "json"},

@@ -43,6 +43,8 @@ class scratch_database {
   // (failing the test) on zero or several rows.
   std::string query_text(const std::string& sql) const;
   long long query_int(const std::string& sql) const;
+  // Runs `statements` in one transaction (test set-up the API does not offer).
+  void exec(const std::vector<std::string>& statements) const;
 
  private:
   std::string socket_dir_, name_, url_;
