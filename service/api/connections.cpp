@@ -14,6 +14,7 @@
 #include "http/router.hpp"
 #include "store/change_listener.hpp"
 #include "store/repository.hpp"
+#include "store/webhook_store.hpp"
 
 namespace asio = boost::asio;
 
@@ -101,6 +102,10 @@ asio::awaitable<http::response> put_connection(context& ctx, http::request& req)
       auto replaced = store::replace_connection(tx, c, existing->token_version);
       if (!replaced) throw api_error(errc::conflict, "the connection changed concurrently");
       out = std::move(*replaced);
+      // Repairing a dead grant by re-import ends its failure episode like a reconnect does.
+      if (existing->status == "needs_reauth") {
+        store::enqueue_webhook(tx, out.tenant_id, out.id, "connection.reconnected", "reimported");
+      }
     } else {
       out = store::insert_connection(tx, c);
     }

@@ -14,5 +14,6 @@ void register_providers(http::router& r, context& ctx);    // providers.cpp
 void register_connections(http::router& r, context& ctx);  // connections.cpp (+ events)
 void register_tokens(http::router& r, context& ctx);       // tokens.cpp
 void register_reauth(http::router& r, context& ctx);  // reauth.cpp (links, settings)
+void register_webhooks(http::router& r, context& ctx);  // webhooks.cpp
 
 }  // namespace tokend::api

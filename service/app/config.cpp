@@ -22,6 +22,25 @@ std::optional<long long> parse_int(const std::string& s) {
   return v;
 }
 
+// A duration: an integer of seconds, or an integer with a unit suffix ms, s, m or h.
+std::optional<std::chrono::milliseconds> parse_duration(const std::string& s) {
+  static const std::pair<const char*, long long> units[] = {
+      {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+  for (const auto& [suffix, ms] : units) {
+    const std::string_view sv(suffix);
+    if (s.size() > sv.size() && s.compare(s.size() - sv.size(), sv.size(), sv) == 0) {
+      const auto digits = s.substr(0, s.size() - sv.size());
+      if (digits.back() < '0' || digits.back() > '9') continue;  // "ms" is not "m" + "s"
+      auto n = parse_int(digits);
+      if (!n || *n < 0) return std::nullopt;
+      return std::chrono::milliseconds(*n * ms);
+    }
+  }
+  auto n = parse_int(s);
+  if (!n || *n < 0) return std::nullopt;
+  return std::chrono::milliseconds(*n * 1000);
+}
+
 bool parse_host_port(const std::string& s, std::string& host, unsigned short& port) {
   auto colon = s.rfind(':');
   if (colon == std::string::npos || colon == 0) return false;
@@ -207,6 +226,37 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
                 c.test_scheduler_pause_after_claim)}) {
     if (e) return {std::nullopt, *e};
   }
+  // A duration setting between `lo` and `hi` (see parse_duration), kept when unset.
+  auto duration = [&](const char* k, std::chrono::milliseconds lo, std::chrono::milliseconds hi,
+                      std::chrono::milliseconds& field) -> std::optional<config_error> {
+    auto v = get(k);
+    if (!v) return std::nullopt;
+    auto d = parse_duration(*v);
+    if (!d) return config_error{k, "must be a duration: seconds, or a number with ms, s, m or h"};
+    if (*d < lo || *d > hi) {
+      return config_error{k, "must be between " + std::to_string(lo.count()) + " ms and " +
+                                 std::to_string(hi.count()) + " ms"};
+    }
+    field = *d;
+    return std::nullopt;
+  };
+  using std::chrono::hours;
+  using std::chrono::milliseconds;
+  for (auto e : {on_off("TOKEND_WEBHOOKS", c.webhooks),
+                 duration("TOKEND_WEBHOOK_RETRY_BASE", milliseconds(10), hours(1),
+                          c.webhook_retry_base),
+                 duration("TOKEND_WEBHOOK_MAX_AGE", milliseconds(100), hours(24 * 30),
+                          c.webhook_max_age),
+                 duration("TOKEND_WEBHOOK_TIMEOUT", milliseconds(100), milliseconds(60000),
+                          c.webhook_timeout),
+                 duration("TOKEND_WEBHOOK_POLL_INTERVAL", milliseconds(10), milliseconds(60000),
+                          c.webhook_poll_interval),
+                 integer("TOKEND_WEBHOOK_CONCURRENCY", 1, 1000, c.webhook_concurrency),
+                 integer("TOKEND_WEBHOOK_TENANT_CONCURRENCY", 1, 1000,
+                         c.webhook_tenant_concurrency)}) {
+    if (e) return {std::nullopt, *e};
+  }
+
   // A sent refresh is awaited up to the answer timeout and then persisted: shutdown waits for
   // that by default, or the rotation it caused is lost with the process.
   if (c.shutdown_grace.count() == 0) {

@@ -26,6 +26,7 @@
 #include "refresh/scheduler.hpp"
 #include "store/change_listener.hpp"
 #include "store/db_pool.hpp"
+#include "webhooks/worker.hpp"
 
 namespace asio = boost::asio;
 
@@ -136,6 +137,7 @@ int serve(const config& c) {
   api::register_connections(api_routes, ctx);
   api::register_tokens(api_routes, ctx);
   api::register_reauth(api_routes, ctx);
+  api::register_webhooks(api_routes, ctx);
   reauth_flows.register_routes(api_routes);
   http::server api_server(ioc, opts, api_routes, access_log(metrics));
 
@@ -175,6 +177,26 @@ int serve(const config& c) {
     scheduler->start();
   }
 
+  // Webhook delivery (TOKEND_WEBHOOKS=off: this instance only writes the outbox). Its own
+  // client: the attempt timeout bounds every phase, and receivers are not token endpoints.
+  oauth::http_client hook_client({.call_timeout = c.webhook_timeout,
+                                  .idle_per_host = 4,
+                                  .allow_insecure = c.allow_insecure_provider_urls});
+  std::unique_ptr<webhooks::worker> hook_worker;
+  if (c.webhooks) {
+    hook_worker = std::make_unique<webhooks::worker>(
+        ioc.get_executor(),
+        webhooks::worker_options{.instance_id = c.instance_id,
+                                 .concurrency = c.webhook_concurrency,
+                                 .tenant_cap = c.webhook_tenant_concurrency,
+                                 .interval = c.webhook_poll_interval,
+                                 .timeout = c.webhook_timeout,
+                                 .retry_base = c.webhook_retry_base,
+                                 .max_age = c.webhook_max_age},
+        db, keys, hook_client, metrics);
+    hook_worker->start();
+  }
+
   // Background: API key last-use timestamps, at most once a minute.
   asio::steady_timer usage_timer(ioc);
   asio::co_spawn(
@@ -203,10 +225,12 @@ int serve(const config& c) {
           const auto deadline = std::chrono::steady_clock::now() + c.shutdown_grace;
           // No new claims; claims not started yet are released for the other instances.
           if (scheduler) co_await scheduler->stop();
+          if (hook_worker) co_await hook_worker->stop();
           asio::steady_timer t(ioc);
           // Requests in flight finish; refreshes in flight run to their commit.
           while ((api_server.active_requests() > 0 || engine.in_flight() > 0 ||
-                  reauth_flows.in_flight() > 0 || (scheduler && scheduler->running() > 0)) &&
+                  reauth_flows.in_flight() > 0 || (scheduler && scheduler->running() > 0) ||
+                  (hook_worker && hook_worker->running() > 0)) &&
                  std::chrono::steady_clock::now() < deadline) {
             t.expires_after(std::chrono::milliseconds(20));
             co_await t.async_wait(asio::use_awaitable);

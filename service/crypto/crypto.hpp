@@ -12,6 +12,7 @@ namespace tokend::crypto {
 // n cryptographically random bytes; throws std::runtime_error if the RNG fails.
 std::string random_bytes(std::size_t n);
 std::string sha256(std::string_view data);  // 32 raw bytes
+std::string hmac_sha256(std::string_view key, std::string_view data);  // 32 raw bytes
 std::string hex(std::string_view bytes);
 std::string base64url(std::string_view bytes);  // no padding
 std::string base64(std::string_view bytes);

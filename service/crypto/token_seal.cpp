@@ -48,4 +48,18 @@ std::optional<std::string> open_client_secret(const keyring& kr, const provider_
                           p.secret_version));
 }
 
+std::string seal_webhook_secret(const keyring& kr, const std::string& tenant, long long row_id,
+                                long long version, std::string_view field,
+                                const std::string& secret) {
+  return kr.seal(secret,
+                 make_aad(tenant, "webhook", "webhook", row_id, field, kr.active_kid(), version));
+}
+
+std::optional<std::string> open_webhook_secret(const keyring& kr, const std::string& tenant,
+                                               long long row_id, long long version,
+                                               const std::string& kid, std::string_view field,
+                                               const std::string& ct) {
+  return kr.open(kid, ct, make_aad(tenant, "webhook", "webhook", row_id, field, kid, version));
+}
+
 }  // namespace tokend::crypto

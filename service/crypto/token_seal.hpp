@@ -25,4 +25,14 @@ std::string seal_client_secret(const keyring& kr, const std::string& tenant,
                                const std::string& secret);
 std::optional<std::string> open_client_secret(const keyring& kr, const provider_record& p);
 
+// A webhook's signing secret ("secret", or "previous_secret" during a rotation's overlap),
+// bound to the tenant's webhook row and its secret version.
+std::string seal_webhook_secret(const keyring& kr, const std::string& tenant, long long row_id,
+                                long long version, std::string_view field,
+                                const std::string& secret);
+std::optional<std::string> open_webhook_secret(const keyring& kr, const std::string& tenant,
+                                               long long row_id, long long version,
+                                               const std::string& kid, std::string_view field,
+                                               const std::string& ct);
+
 }  // namespace tokend::crypto

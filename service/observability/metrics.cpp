@@ -14,6 +14,9 @@ namespace tokend::observability {
 namespace {
 const prometheus::Histogram::BucketBoundaries kLagBuckets = {0.1, 0.25, 0.5, 1,   2.5, 5,
                                                              10,  30,   60,  120, 300, 600};
+// Webhook latency: retries can stretch it to the 24 h retry window.
+const prometheus::Histogram::BucketBoundaries kHookBuckets = {
+    0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400};
 }  // namespace
 
 struct metrics::impl {
@@ -152,6 +155,33 @@ struct metrics::impl {
               "Scheduled refreshes by provider and outcome (refreshed, not_due, transient, "
               "deferred, or the error code)")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& hook_attempts =
+      prometheus::BuildCounter()
+          .Name("tokend_webhook_deliveries_total")
+          .Help(
+              "Webhook delivery attempts by outcome (delivered; retry: failed, tried again "
+              "later; failed: failed for good, now in the dead-letter list)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& hook_latency =
+      prometheus::BuildHistogram()
+          .Name("tokend_webhook_delivery_latency_seconds")
+          .Help("From an event's commit to its delivery (2xx), retries included")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& hook_backlog =
+      prometheus::BuildGauge()
+          .Name("tokend_webhook_outbox_backlog")
+          .Help("Webhook deliveries pending in the outbox (all instances; counted every 5 s)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& hook_oldest =
+      prometheus::BuildGauge()
+          .Name("tokend_webhook_oldest_pending_seconds")
+          .Help("Age of the oldest pending webhook delivery (0 when none; every 5 s)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& hook_in_flight =
+      prometheus::BuildGauge()
+          .Name("tokend_webhook_in_flight")
+          .Help("Webhook deliveries this instance is sending now")
+          .Register(*registry);
   prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
                                                      .Name("tokend_build_info")
                                                      .Help("Build information")
@@ -174,6 +204,11 @@ metrics::metrics() : impl_(std::make_unique<impl>()) {
   impl_->sched_backlog.Add({}).Set(0);
   impl_->sched_in_flight.Add({}).Set(0);
   impl_->sched_lag.Add({}, kLagBuckets);
+  for (const char* o : {"delivered", "retry", "failed"}) impl_->hook_attempts.Add({{"outcome", o}});
+  impl_->hook_latency.Add({}, kHookBuckets);
+  impl_->hook_backlog.Add({}).Set(0);
+  impl_->hook_oldest.Add({}).Set(0);
+  impl_->hook_in_flight.Add({}).Set(0);
 }
 metrics::~metrics() = default;
 
@@ -281,6 +316,16 @@ void metrics::reauth_required(std::string_view reason) {
 }
 
 prometheus::Gauge& metrics::refresh_in_flight() { return impl_->in_flight.Add({}); }
+
+void metrics::webhook_attempt(std::string_view outcome) {
+  impl_->hook_attempts.Add({{"outcome", std::string(outcome)}}).Increment();
+}
+void metrics::webhook_latency(double seconds) {
+  impl_->hook_latency.Add({}, kHookBuckets).Observe(seconds);
+}
+prometheus::Gauge& metrics::webhook_backlog() { return impl_->hook_backlog.Add({}); }
+prometheus::Gauge& metrics::webhook_oldest_pending() { return impl_->hook_oldest.Add({}); }
+prometheus::Gauge& metrics::webhook_in_flight() { return impl_->hook_in_flight.Add({}); }
 
 prometheus::Counter& metrics::cache_event(std::string_view kind) {
   return impl_->cache_events.Add({{"kind", std::string(kind)}});

@@ -45,6 +45,14 @@ class metrics {
   void scheduler_outcome(std::string_view provider, std::string_view outcome);
   prometheus::Gauge& refresh_in_flight();
 
+  // Webhook signals: attempts by outcome (delivered, retry, failed), event-to-delivery latency,
+  // the outbox (pending deliveries and the oldest one's age, from SQL every 5 s).
+  void webhook_attempt(std::string_view outcome);
+  void webhook_latency(double seconds);
+  prometheus::Gauge& webhook_backlog();
+  prometheus::Gauge& webhook_oldest_pending();
+  prometheus::Gauge& webhook_in_flight();
+
   // Cache signals: events by kind (hit, miss, eviction, invalidation, insert_skipped),
   // entries by cache (token, principal), listener reconnects, DB jobs by origin.
   prometheus::Counter& cache_event(std::string_view kind);

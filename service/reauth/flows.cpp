@@ -25,6 +25,7 @@
 #include "store/db_pool.hpp"
 #include "store/reauth_store.hpp"
 #include "store/repository.hpp"
+#include "store/webhook_store.hpp"
 
 namespace asio = boost::asio;
 using json = nlohmann::json;
@@ -577,6 +578,9 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
           auto w = store::reauthorize_connection(tx, c, *before);
           if (!w) throw std::runtime_error("reauthorization write lost under the row lock");
           out = std::move(*w);
+          // Before the link completes, so the payload names it (data.link_id).
+          store::enqueue_webhook(tx, out.tenant_id, out.id, "connection.reconnected",
+                                 "reauthorized");
         } else {
           out = store::insert_connection(tx, c);
         }

@@ -26,6 +26,7 @@
 #include "store/change_listener.hpp"
 #include "store/db_pool.hpp"
 #include "store/repository.hpp"
+#include "store/webhook_store.hpp"
 
 namespace asio = boost::asio;
 using nlohmann::json;
@@ -601,7 +602,11 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         if (!stored) return false;
         store::notify_change(tx, change_key);
         store::append_event(tx, e);
-        if (newly_expiring) store::append_event(tx, expiring_event);
+        if (newly_expiring) {
+          store::append_event(tx, expiring_event);
+          store::enqueue_webhook(tx, row.tenant_id, row.id, "connection.refresh_token_expiring",
+                                 "refresh_token_not_renewed");
+        }
         store::close_attempt(tx, marker_id, "done");
         return true;
       };

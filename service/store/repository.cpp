@@ -5,6 +5,7 @@
 
 #include "store/db_pool.hpp"
 #include "store/sql.hpp"
+#include "store/webhook_store.hpp"
 
 namespace tokend::store {
 namespace {
@@ -343,7 +344,8 @@ std::optional<connection_record> replace_connection(tx_t& tx, const connection_r
                "next_attempt_at = NULL, token_origin = NULLIF($17, ''), next_refresh_at = " +
                ts_param(18) +
                ", refresh_lifetime = $19, refresh_token_expiring = false, claimed_by = NULL, "
-               "claim_expires_at = NULL, updated_at = now() "
+               "claim_expires_at = NULL, failing_since = NULL, failure_notified = false, "
+               "updated_at = now() "
                "WHERE tenant_id = $1 AND id = $2 AND token_version = $16 RETURNING " +
                kConnectionColumns,
            c.tenant_id, c.id, c.provider_id, c.token_version, c.sealed.key_id,
@@ -367,7 +369,7 @@ std::optional<connection_record> reauthorize_connection(tx_t& tx, const connecti
                     "next_refresh_at = " +
                     ts_param(17) +
                     ", refresh_lifetime = $18, refresh_token_expiring = false, claimed_by = NULL, "
-                    "claim_expires_at = NULL, "
+                    "claim_expires_at = NULL, failing_since = NULL, failure_notified = false, "
                     "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND row_id = $15 "
                     "AND token_version = $16 RETURNING " +
                     kConnectionColumns,
@@ -402,7 +404,8 @@ std::optional<connection_record> cas_write_token_set(tx_t& tx, const std::string
                     "0 END, next_attempt_at = NULL, last_error = NULL, next_refresh_at = " +
                     ts_param(16) +
                     ", refresh_lifetime = $17, refresh_token_expiring = $18, claimed_by = NULL, "
-                    "claim_expires_at = NULL, "
+                    "claim_expires_at = NULL, failing_since = CASE WHEN $19 THEN failing_since "
+                    "END, failure_notified = $19 AND failure_notified, "
                     "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND token_version = $3 "
                     "AND row_id = $15 AND status = 'active' RETURNING " +
                     kConnectionColumns,
@@ -473,30 +476,47 @@ rotation_counts count_not_under(tx_t& tx, const std::string& active_kid) {
 bool mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
                        long long expected_row_id, long long expected_version,
                        const std::string& reason, const std::string& last_error_json) {
-  return !exec(tx,
-               "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, "
-               "last_error = $4::jsonb, consecutive_failures = consecutive_failures + 1, "
-               "next_refresh_at = NULL, claimed_by = NULL, claim_expires_at = NULL, "
-               "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND row_id = $5 "
-               "AND token_version = $6 AND status = 'active' RETURNING 1",
-               tenant, id, reason, last_error_json, expected_row_id, expected_version)
-              .empty();
+  const bool changed =
+      !exec(tx,
+            "UPDATE connections SET status = 'needs_reauth', reauth_reason = $3, "
+            "last_error = $4::jsonb, consecutive_failures = consecutive_failures + 1, "
+            "next_refresh_at = NULL, claimed_by = NULL, claim_expires_at = NULL, "
+            "updated_at = now() WHERE tenant_id = $1 AND id = $2 AND row_id = $5 "
+            "AND token_version = $6 AND status = 'active' RETURNING 1",
+            tenant, id, reason, last_error_json, expected_row_id, expected_version)
+           .empty();
+  // Only the change from active writes the event: one per failure episode.
+  if (changed) enqueue_webhook(tx, tenant, id, "connection.reauth_required", std::nullopt);
+  return changed;
 }
 
-void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
+bool record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
                             const std::string& last_error_json,
                             const std::optional<sys_time>& next_attempt_at,
                             sys_time next_refresh_at) {
-  exec(tx,
-       "UPDATE connections SET last_error = $3::jsonb, consecutive_failures = "
-       "consecutive_failures + 1, next_attempt_at = " +
-           ts_param(4) +
-           ", next_refresh_at = CASE WHEN status = 'active' AND refresh_token_ct "
-           "IS NOT NULL THEN " +
-           ts_param(5) +
-           " END, claimed_by = NULL, claim_expires_at = NULL, "
-           "updated_at = now() WHERE tenant_id = $1 AND id = $2",
-       tenant, id, last_error_json, opt_us(next_attempt_at), to_micros(next_refresh_at));
+  // The episode began at its first failure (failing_since). It is worth telling the tenant once
+  // it has lasted the provider's refresh-ahead window (the time tokend gives itself to refresh
+  // before expiry) or the access token has expired meanwhile; `prev` is the row before this
+  // update, so exactly one failure of the episode sees failure_notified turn true.
+  auto r = exec(
+      tx,
+      "WITH prev AS (SELECT row_id, failure_notified FROM connections WHERE tenant_id = $1 AND "
+      "id = $2) UPDATE connections c SET last_error = $3::jsonb, consecutive_failures = "
+      "c.consecutive_failures + 1, next_attempt_at = " +
+          ts_param(4) +
+          ", next_refresh_at = CASE WHEN c.status = 'active' AND c.refresh_token_ct "
+          "IS NOT NULL THEN " +
+          ts_param(5) +
+          " END, claimed_by = NULL, claim_expires_at = NULL, failing_since = "
+          "coalesce(c.failing_since, now()), failure_notified = c.failure_notified OR (c.status = "
+          "'active' AND (now() - coalesce(c.failing_since, now()) >= make_interval(secs => "
+          "p.refresh_ahead) OR c.access_expires_at <= now())), updated_at = now() FROM prev, "
+          "providers p WHERE c.row_id = prev.row_id AND p.tenant_id = c.tenant_id AND p.id = "
+          "c.provider_id RETURNING c.failure_notified AND NOT prev.failure_notified",
+      tenant, id, last_error_json, opt_us(next_attempt_at), to_micros(next_refresh_at));
+  const bool notify = !r.empty() && r[0][0].as<bool>();
+  if (notify) enqueue_webhook(tx, tenant, id, "connection.refresh_failed", std::nullopt);
+  return notify;
 }
 
 void restamp_connection(tx_t& tx, long long row_id,

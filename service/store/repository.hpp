@@ -116,13 +116,17 @@ struct rotation_counts {
 rotation_counts count_not_under(tx_t& tx, const std::string& active_kid);
 
 // Refresh bookkeeping on the connection row.
-// Only while the row is still (row_id, version) and active; false when it changed.
+// Only while the row is still (row_id, version) and active; false when it changed. The change
+// writes connection.reauth_required to the webhook outbox (store/webhook_store).
 bool mark_needs_reauth(tx_t& tx, const std::string& tenant, const std::string& id,
                        long long expected_row_id, long long expected_version,
                        const std::string& reason, const std::string& last_error_json);
 // consecutive_failures + 1, last_error, when the next provider call may be made and when the
-// scheduler tries next (ignored unless active with a refresh token); clears a claim.
-void record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
+// scheduler tries next (ignored unless active with a refresh token); clears a claim. Counts the
+// failure into its episode (a successful refresh, a reauthorization or a re-import ends one):
+// the first failure after the episode has lasted the provider's refresh_ahead, or after the
+// access token expired, writes connection.refresh_failed to the outbox and returns true.
+bool record_refresh_failure(tx_t& tx, const std::string& tenant, const std::string& id,
                             const std::string& last_error_json,
                             const std::optional<sys_time>& next_attempt_at,
                             sys_time next_refresh_at);

@@ -883,3 +883,35 @@ TEST_CASE("browser: a connect link with an auto-consenting provider creates the 
                    json{{"connection", "n1"}, {"provider", "idp"}})
             .status == 409);
 }
+
+TEST_CASE("webhooks: a dead grant sends reauth_required, the reconnect through its link sends "
+          "reconnected naming the link",
+          "[reauth]") {
+  node_peer receiver{"fake-token-endpoint.mjs"};
+  fake_rig rig(std::map<std::string, std::string>{{"TOKEND_WEBHOOK_POLL_INTERVAL", "100ms"}});
+  auto put = rig.t.call("PUT", "/v1/webhook", rig.key, json{{"url", receiver.url("/hook")}});
+  REQUIRE(put.status == 200);
+  auto received = [&] { return receiver.control("GET", "/control/requests")["items"]; };
+  rig.dead_connection("c1");
+  REQUIRE(eventually([&] { return received().size() == 1; }, 10s));
+  auto first = json::parse(received()[0]["body"].get<std::string>());
+  CHECK(first["type"] == "connection.reauth_required");
+  CHECK(first["data"]["reason"] == "grant_revoked");
+  CHECK(first["data"]["link_id"].is_null());
+
+  auto l = rig.create_link("c1");
+  const auto state = query_value(rig.press(l["url"]), "state");
+  auto done = rig.callback("code=good&state=" + state);
+  REQUIRE(done.status == 200);
+  REQUIRE(rig.connection("c1")["status"] == "active");
+  REQUIRE(eventually([&] { return received().size() == 2; }, 10s));
+  auto second = json::parse(received()[1]["body"].get<std::string>());
+  CHECK(second["type"] == "connection.reconnected");
+  CHECK(second["connection"] == "c1");
+  CHECK(second["data"]["reason"] == "reauthorized");
+  CHECK(second["data"]["link_id"] == l["id"]);
+  CHECK(second["data"]["status"] == "active");
+  CHECK(second["data"]["token_version"] == 2);
+  std::this_thread::sleep_for(500ms);
+  CHECK(received().size() == 2);
+}

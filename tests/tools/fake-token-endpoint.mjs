@@ -7,8 +7,9 @@
 //   {"msg":"listening","address":"127.0.0.1:PORT"}
 // SIGTERM / SIGINT: close everything and exit 0.
 //
-// Token requests: any method on /token or on any path ending in /token or /whoami (a canary
-// endpoint; run a separate instance for it so the queues stay apart). Each one takes the next
+// Token requests: any method on /token or on any path ending in /token, /whoami (a canary
+// endpoint) or /hook (a webhook receiver); run a separate instance for each role so the queues
+// stay apart. Each one takes the next
 // scripted step from a FIFO queue at arrival; with an empty queue the default answer is
 //   200 {"access_token":"fake-at-<n>","refresh_token":"fake-rt-<n>","token_type":"Bearer","expires_in":3600}
 // with n = 1, 2, ... counting default(-like) responses since the last reset.
@@ -455,7 +456,8 @@ const server = (tlsOptions ? (h) => https.createServer(tlsOptions, h) : (h) => h
     return;
   }
   let work;
-  if (path === '/token' || path.endsWith('/token') || path.endsWith('/whoami')) {
+  if (path === '/token' || path.endsWith('/token') || path.endsWith('/whoami') ||
+      path.endsWith('/hook')) {
     work = handleToken(req, res, path);
   } else if (path.startsWith('/control/')) {
     work = handleControl(req, res, path);

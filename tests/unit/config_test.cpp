@@ -104,3 +104,43 @@ TEST_CASE("scheduler settings parse", "[config]") {
   CHECK(r.cfg->scheduler_concurrency == 32);
   CHECK(r.cfg->keepalive_margin.count() == 86400);
 }
+
+TEST_CASE("webhook settings: defaults, durations with units, bad values", "[config]") {
+  auto d = parse_config({}, needs::nothing);
+  REQUIRE(d.cfg);
+  CHECK(d.cfg->webhooks);
+  CHECK(d.cfg->webhook_retry_base.count() == 10000);
+  CHECK(d.cfg->webhook_max_age.count() == 24LL * 3600 * 1000);
+  CHECK(d.cfg->webhook_timeout.count() == 10000);
+  CHECK(d.cfg->webhook_tenant_concurrency == 4);
+
+  auto r = parse_config({{"TOKEND_WEBHOOKS", "off"},
+                         {"TOKEND_WEBHOOK_RETRY_BASE", "250ms"},
+                         {"TOKEND_WEBHOOK_MAX_AGE", "2h"},
+                         {"TOKEND_WEBHOOK_TIMEOUT", "3"},
+                         {"TOKEND_WEBHOOK_POLL_INTERVAL", "1m"},
+                         {"TOKEND_WEBHOOK_TENANT_CONCURRENCY", "2"}},
+                        needs::nothing);
+  REQUIRE(r.cfg);
+  CHECK_FALSE(r.cfg->webhooks);
+  CHECK(r.cfg->webhook_retry_base.count() == 250);
+  CHECK(r.cfg->webhook_max_age.count() == 7200000);
+  CHECK(r.cfg->webhook_timeout.count() == 3000);
+  CHECK(r.cfg->webhook_poll_interval.count() == 60000);
+  CHECK(r.cfg->webhook_tenant_concurrency == 2);
+
+  for (auto [k, v] : std::vector<std::pair<std::string, std::string>>{
+           {"TOKEND_WEBHOOKS", "1"},
+           {"TOKEND_WEBHOOK_RETRY_BASE", "5ms"},
+           {"TOKEND_WEBHOOK_RETRY_BASE", "ten"},
+           {"TOKEND_WEBHOOK_RETRY_BASE", "10x"},
+           {"TOKEND_WEBHOOK_RETRY_BASE", "ms"},
+           {"TOKEND_WEBHOOK_MAX_AGE", "-1s"},
+           {"TOKEND_WEBHOOK_TIMEOUT", "2m"},
+           {"TOKEND_WEBHOOK_TENANT_CONCURRENCY", "0"}}) {
+    INFO(k << "=" << v);
+    auto e = parse_config({{k, v}}, needs::nothing);
+    REQUIRE(e.error);
+    CHECK(e.error->variable == k);
+  }
+}
