@@ -6,6 +6,7 @@
 
 #include "crypto/token_seal.hpp"
 #include "store/repository.hpp"
+#include "store/webhook_store.hpp"
 
 namespace tokend::store {
 
@@ -17,7 +18,7 @@ rotation_progress rotate_keys(pqxx::connection_base& conn, const crypto::keyring
   {
     pqxx::read_transaction tx(conn);
     auto counts = count_not_under(tx, active);
-    p.total = counts.connections + counts.providers;
+    p.total = counts.connections + counts.providers + count_webhooks_not_under(tx, active);
   }
   const auto start = std::chrono::steady_clock::now();
   std::vector<long long> bad_connections, bad_providers;  // unreadable: not retried this run
@@ -81,6 +82,41 @@ rotation_progress rotate_keys(pqxx::connection_base& conn, const crypto::keyring
     tx.commit();
     if (rows.empty())
       break;  // provider rows are locked only briefly by PUT; a rerun picks up any left
+    report();
+  }
+  // Webhook secrets: the current one and, during a rotation's overlap, the previous one.
+  std::vector<long long> bad_webhooks;
+  for (;;) {
+    pqxx::work tx(conn);
+    auto rows = lock_webhooks_to_rotate(tx, active, bad_webhooks, batch_size);
+    for (const auto& w : rows) {
+      auto secret = crypto::open_webhook_secret(keys, w.tenant_id, w.row_id, w.secret_version,
+                                                w.key_id, "secret", w.secret_ct);
+      std::optional<std::string> previous;
+      if (secret && w.previous_secret_ct) {
+        previous = crypto::open_webhook_secret(keys, w.tenant_id, w.row_id, w.secret_version,
+                                               w.key_id, "previous_secret", *w.previous_secret_ct);
+      }
+      if (!secret || (w.previous_secret_ct && !previous)) {
+        bad_webhooks.push_back(w.row_id);
+        ++p.unreadable;
+        continue;
+      }
+      auto ct = crypto::seal_webhook_secret(keys, w.tenant_id, w.row_id, w.secret_version,
+                                            "secret", *secret);
+      std::optional<std::string> prev_ct;
+      if (previous) {
+        prev_ct = crypto::seal_webhook_secret(keys, w.tenant_id, w.row_id, w.secret_version,
+                                              "previous_secret", *previous);
+      }
+      if (cas_reseal_webhook(tx, w, active, ct, prev_ct)) {
+        ++p.done;
+      } else {
+        ++p.lost_races;
+      }
+    }
+    tx.commit();
+    if (rows.empty()) break;  // webhook rows are locked only briefly by the API
     report();
   }
   report();

@@ -11,6 +11,7 @@
 #include <regex>
 #include <set>
 
+#include "crypto/crypto.hpp"
 #include "store/repository.hpp"
 #include "support/fixtures.hpp"
 
@@ -704,4 +705,42 @@ TEST_CASE(
     // acme's hanging receiver holds exactly its cap of 4, not all 8.
     CHECK(rig.received().size() == 4);
   }
+}
+
+TEST_CASE("rotate-keys re-seals webhook secrets; deliveries sign with both under the new key alone",
+          "[webhooks]") {
+  scratch_database db;
+  node_peer token{"fake-token-endpoint.mjs"};
+  node_peer receiver{"fake-token-endpoint.mjs"};
+  const std::string old_keys = "test1:" + kTestMasterKeyB64;
+  const std::string new_only = "k2:" + tokend::crypto::base64(std::string(32, 'k'));
+  std::string key, first, second;
+  {
+    tokend_process t(db.url(), hook_env({{"TOKEND_MASTER_KEYS", old_keys}}));
+    key = t.tenant_key("acme");
+    put_provider(t, key, "fk", token.url("/token"));
+    first = t.call("PUT", "/v1/webhook", key, json{{"url", receiver.url("/hook")}}).json()["secret"];
+    auto rot = t.call("POST", "/v1/webhook/rotate-secret", key);
+    REQUIRE(rot.status == 200);
+    second = rot.json()["secret"];
+  }
+  auto rotate = run_command({TOKEND_BINARY, "rotate-keys"},
+                            {{"TOKEND_DATABASE_URL", db.url()},
+                             {"TOKEND_MASTER_KEYS", new_only + "," + old_keys}},
+                            60s);
+  INFO(rotate.output);
+  REQUIRE(rotate.exit_code == 0);
+  CHECK(db.query_text("SELECT key_id FROM webhooks") == "k2");
+  tokend_process t(db.url(), hook_env({{"TOKEND_MASTER_KEYS", new_only}}));
+  REQUIRE(import_connection(t, key, "c1", "fk", "at-1", "rt-1") == 201);
+  token.control("POST", "/control/script",
+                {{"steps", {{{"status", 400}, {"json", {{"error", "invalid_grant"}}}}}}});
+  REQUIRE(t.call("GET", "/v1/tokens/c1", key).status == 409);
+  REQUIRE(eventually(
+      [&] { return receiver.control("GET", "/control/requests")["items"].size() == 1; }, 10s));
+  auto item = receiver.control("GET", "/control/requests")["items"][0];
+  const std::string header = item["headers"]["tokend-signature"];
+  CHECK(parse_signature(header).v1.size() == 2);
+  CHECK(verifies(header, item["body"], second));
+  CHECK(verifies(header, item["body"], first));
 }
