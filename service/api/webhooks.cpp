@@ -96,6 +96,7 @@ asio::awaitable<http::response> put_webhook(context& ctx, http::request& req) {
 
   std::optional<std::string> new_secret;
   auto stored = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
+    store::lock_webhook_slot(tx, who.tenant_id());
     auto existing = store::get_webhook(tx, who.tenant_id(), true);
     store::webhook_record w;
     if (existing) {
@@ -196,6 +197,9 @@ asio::awaitable<http::response> retry_delivery(context& ctx, http::request& req)
   if (r == store::retry_result::not_found) throw api_error(errc::not_found, "no such delivery");
   if (r == store::retry_result::not_failed) {
     throw api_error(errc::conflict, "only a failed delivery can be retried");
+  }
+  if (r == store::retry_result::no_webhook) {
+    throw api_error(errc::conflict, "no webhook is configured to retry the delivery to");
   }
   co_return json_reply(202, {{"id", id}, {"status", "pending"}});
 }

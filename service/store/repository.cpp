@@ -497,11 +497,12 @@ bool record_refresh_failure(tx_t& tx, const std::string& tenant, const std::stri
   // The episode began at its first failure (failing_since). It is worth telling the tenant once
   // it has lasted the provider's refresh-ahead window (the time tokend gives itself to refresh
   // before expiry) or the access token has expired meanwhile; `prev` is the row before this
-  // update, so exactly one failure of the episode sees failure_notified turn true.
+  // update, locked so that two failures recorded at once (the fallback persist path) see each
+  // other, and exactly one failure of the episode sees failure_notified turn true.
   auto r = exec(
       tx,
       "WITH prev AS (SELECT row_id, failure_notified FROM connections WHERE tenant_id = $1 AND "
-      "id = $2) UPDATE connections c SET last_error = $3::jsonb, consecutive_failures = "
+      "id = $2 FOR UPDATE) UPDATE connections c SET last_error = $3::jsonb, consecutive_failures = "
       "c.consecutive_failures + 1, next_attempt_at = " +
           ts_param(4) +
           ", next_refresh_at = CASE WHEN c.status = 'active' AND c.refresh_token_ct "

@@ -62,12 +62,21 @@ webhook_record upsert_webhook(tx_t& tx, const webhook_record& w) {
           .at(0));
 }
 
+void lock_webhook_slot(tx_t& tx, const std::string& tenant) {
+  exec(tx, "SELECT pg_advisory_xact_lock(hashtext('tokend.webhook:' || $1))", tenant);
+}
+
 bool delete_webhook(tx_t& tx, const std::string& tenant) {
+  // The row goes first: an enqueue holds it FOR SHARE, so one that committed before this is
+  // cancelled below and one that comes after finds no webhook. The other order could leave a
+  // pending row behind that no webhook will ever deliver.
+  const bool found =
+      !exec(tx, "DELETE FROM webhooks WHERE tenant_id = $1 RETURNING 1", tenant).empty();
   exec(tx,
        "UPDATE webhook_deliveries SET status = 'cancelled', ended_at = now(), claimed_by = NULL, "
        "claim_expires_at = NULL WHERE tenant_id = $1 AND status = 'pending'",
        tenant);
-  return !exec(tx, "DELETE FROM webhooks WHERE tenant_id = $1 RETURNING 1", tenant).empty();
+  return found;
 }
 
 bool enqueue_webhook(tx_t& tx, const std::string& tenant, const std::string& connection_id,
@@ -94,7 +103,7 @@ bool enqueue_webhook(tx_t& tx, const std::string& tenant, const std::string& con
                            "NOT NULL THEN " RFC3339("c.refresh_expires_at") " END))::text "
                            "FROM ids, webhooks w JOIN connections c ON c.tenant_id = w.tenant_id "
                            "AND c.id = $2 WHERE w.tenant_id = $1 AND (w.events IS NULL OR $3 = "
-                           "ANY(w.events)) RETURNING 1",
+                           "ANY(w.events)) FOR SHARE OF w RETURNING 1",
               tenant, connection_id, type, reason)
               .empty();
 }
@@ -110,7 +119,8 @@ std::vector<delivery_claim> claim_deliveries(tx_t& tx, const std::string& instan
       "WITH live AS (SELECT tenant_id, count(*) AS n FROM webhook_deliveries WHERE status = "
       "'pending' AND claim_expires_at > now() GROUP BY tenant_id), "
       "cand AS (SELECT d.seq, d.tenant_id, row_number() OVER (PARTITION BY d.tenant_id ORDER BY "
-      "d.next_attempt_at, d.seq) AS rn FROM webhook_deliveries d WHERE d.status = 'pending' AND "
+      "d.next_attempt_at, d.seq) AS rn FROM webhook_deliveries d JOIN webhooks wh ON "
+      "wh.tenant_id = d.tenant_id AND wh.row_id = d.webhook_row_id WHERE d.status = 'pending' AND "
       "d.next_attempt_at <= now() AND (d.claim_expires_at IS NULL OR d.claim_expires_at <= now()) "
       "AND (NOT d.ordered OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.tenant_id = "
       "d.tenant_id AND e.connection_id = d.connection_id AND e.status = 'pending' AND e.ordered "
@@ -120,9 +130,10 @@ std::vector<delivery_claim> claim_deliveries(tx_t& tx, const std::string& instan
       "d.status = 'pending' AND (d.claim_expires_at IS NULL OR d.claim_expires_at <= now()) "
       "ORDER BY d.next_attempt_at, d.seq LIMIT $2 FOR UPDATE OF d SKIP LOCKED) "
       "UPDATE webhook_deliveries d SET claimed_by = $1, claim_expires_at = now() + "
-      "make_interval(secs => $4), attempts = d.attempts + 1 FROM pick, webhooks w WHERE d.seq = "
+      "make_interval(secs => $4), attempts = d.attempts + 1, window_attempts = d.window_attempts + 1 FROM pick, webhooks w WHERE d.seq = "
       "pick.seq AND w.tenant_id = d.tenant_id AND w.row_id = d.webhook_row_id RETURNING d.seq, "
-      "d.id, d.tenant_id, d.event_id, d.type, d.connection_id, d.payload, d.attempts, " TS(
+      "d.id, d.tenant_id, d.event_id, d.type, d.connection_id, d.payload, d.attempts, "
+      "d.window_attempts, " TS(
           "d.created_at") ", " TS("d.window_from") ", w.url, w.key_id, w.row_id, "
                                                    "w.secret_version, w.secret_ct, CASE WHEN "
                                                    "w.previous_until > now() THEN "
@@ -140,14 +151,15 @@ std::vector<delivery_claim> claim_deliveries(tx_t& tx, const std::string& instan
     c.connection_id = row[5].as<std::string>();
     c.payload = row[6].as<std::string>();
     c.attempts = row[7].as<int>();
-    c.created_at = ts(row[8]);
-    c.window_from = ts(row[9]);
-    c.url = row[10].as<std::string>();
-    c.key_id = row[11].as<std::string>();
-    c.webhook_row_id = row[12].as<long long>();
-    c.secret_version = row[13].as<long long>();
-    c.secret_ct = pqxx::binarystring(row[14]).str();
-    c.previous_secret_ct = opt_bytes(row[15]);
+    c.window_attempts = row[8].as<int>();
+    c.created_at = ts(row[9]);
+    c.window_from = ts(row[10]);
+    c.url = row[11].as<std::string>();
+    c.key_id = row[12].as<std::string>();
+    c.webhook_row_id = row[13].as<long long>();
+    c.secret_version = row[14].as<long long>();
+    c.secret_ct = pqxx::binarystring(row[15]).str();
+    c.previous_secret_ct = opt_bytes(row[16]);
     out.push_back(std::move(c));
   }
   return out;
@@ -188,7 +200,8 @@ void release_deliveries(tx_t& tx, const std::string& instance, const std::vector
   list += '}';
   exec(tx,
        "UPDATE webhook_deliveries SET claimed_by = NULL, claim_expires_at = NULL, attempts = "
-       "greatest(attempts - 1, 0) WHERE seq = ANY($2::bigint[]) AND claimed_by = $1 AND status "
+       "greatest(attempts - 1, 0), window_attempts = greatest(window_attempts - 1, 0) WHERE seq = "
+       "ANY($2::bigint[]) AND claimed_by = $1 AND status "
        "= 'pending'",
        instance, list);
 }
@@ -222,16 +235,21 @@ std::vector<delivery_record> list_deliveries(tx_t& tx, const std::string& tenant
 }
 
 retry_result retry_delivery(tx_t& tx, const std::string& tenant, const std::string& id) {
+  // Sent to the tenant's webhook as it is now (held FOR SHARE against a concurrent DELETE),
+  // which may be a newer one than the delivery was first made for.
   auto r = exec(tx,
-                "UPDATE webhook_deliveries SET status = 'pending', ordered = false, window_from = "
-                "now(), next_attempt_at = now(), ended_at = NULL, claimed_by = NULL, "
-                "claim_expires_at = NULL WHERE tenant_id = $1 AND id = $2 AND status = 'failed' "
-                "RETURNING 1",
+                "UPDATE webhook_deliveries d SET status = 'pending', ordered = false, "
+                "webhook_row_id = w.row_id, window_from = now(), window_attempts = 0, "
+                "next_attempt_at = now(), ended_at = NULL, claimed_by = NULL, claim_expires_at = "
+                "NULL FROM (SELECT row_id FROM webhooks WHERE tenant_id = $1 FOR SHARE) w WHERE "
+                "d.tenant_id = $1 AND d.id = $2 AND d.status = 'failed' RETURNING 1",
                 tenant, id);
   if (!r.empty()) return retry_result::queued;
-  auto e =
-      exec(tx, "SELECT 1 FROM webhook_deliveries WHERE tenant_id = $1 AND id = $2", tenant, id);
-  return e.empty() ? retry_result::not_found : retry_result::not_failed;
+  auto e = exec(tx, "SELECT status FROM webhook_deliveries WHERE tenant_id = $1 AND id = $2",
+                tenant, id);
+  if (e.empty()) return retry_result::not_found;
+  if (e[0][0].as<std::string>() != "failed") return retry_result::not_failed;
+  return retry_result::no_webhook;
 }
 
 outbox_stats count_outbox(tx_t& tx) {

@@ -34,6 +34,8 @@ long long next_webhook_row_id(tx_t& tx);
 webhook_record upsert_webhook(tx_t& tx, const webhook_record& w);
 // Deletes the webhook and cancels its pending deliveries; false when there was none.
 bool delete_webhook(tx_t& tx, const std::string& tenant);
+// Serializes the PUTs of one tenant's webhook (the first two would each mint a secret).
+void lock_webhook_slot(tx_t& tx, const std::string& tenant);
 
 // The outbox. Writes a delivery of event `type` about connection (tenant, connection_id) when
 // the tenant has a webhook subscribed to `type`; nothing otherwise. The payload is built from
@@ -46,7 +48,8 @@ bool enqueue_webhook(tx_t& tx, const std::string& tenant, const std::string& con
 struct delivery_claim {
   long long seq = 0;
   std::string id, tenant_id, event_id, type, connection_id, payload;
-  int attempts = 0;  // including this one
+  int attempts = 0;         // including this one
+  int window_attempts = 0;  // of this retry window (the back-off counts these)
   sys_time created_at;
   sys_time window_from;
   // The webhook now (its URL may have changed since the event).
@@ -82,8 +85,9 @@ struct delivery_record {
 };
 std::vector<delivery_record> list_deliveries(tx_t& tx, const std::string& tenant,
                                              const std::optional<std::string>& status, int limit);
-enum class retry_result { queued, not_found, not_failed };
-// Re-queues a failed delivery now, unordered, with a fresh retry window.
+enum class retry_result { queued, not_found, not_failed, no_webhook };
+// Re-queues a failed delivery now, unordered, with a fresh retry window, for the tenant's
+// current webhook (no_webhook when it has none).
 retry_result retry_delivery(tx_t& tx, const std::string& tenant, const std::string& id);
 
 struct outbox_stats {

@@ -46,8 +46,11 @@ std::chrono::milliseconds retry_delay(int attempts, std::chrono::milliseconds ba
   double d = static_cast<double>(std::max<long long>(base.count(), 1));
   for (int i = 1; i < attempts && d < capped; ++i) d *= 2;
   d = std::min(d, capped);
-  d += d * 0.25 * std::clamp(jitter, 0.0, 1.0);
-  return std::chrono::milliseconds(static_cast<long long>(std::min(d, capped)));
+  const double j = std::clamp(jitter, 0.0, 1.0);
+  // Up to 25 % later; where that would pass the cap, spread over the cap's last 20 % instead,
+  // so deliveries that reached the cap together do not retry in lockstep.
+  d = d * (1 + 0.25 * j) <= capped ? d * (1 + 0.25 * j) : capped * (0.8 + 0.2 * j);
+  return std::chrono::milliseconds(static_cast<long long>(d));
 }
 
 }  // namespace tokend::webhooks

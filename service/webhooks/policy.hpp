@@ -21,8 +21,8 @@ std::string signature_header(long long unix_time, std::string_view body, std::st
 std::string new_secret();
 
 // The wait before retry number `attempts` + 1 after `attempts` failed ones: `base` doubled per
-// failed attempt, capped at `cap`, plus up to a quarter more at random (`jitter` in [0, 1)),
-// still within the cap.
+// failed attempt, capped at `cap`, plus up to a quarter more at random (`jitter` in [0, 1)).
+// Never past the cap: where the jitter would pass it, the wait is spread over [0.8, 1] x cap.
 std::chrono::milliseconds retry_delay(int attempts, std::chrono::milliseconds base,
                                       std::chrono::milliseconds cap, double jitter);
 

@@ -120,7 +120,12 @@ struct worker::impl : std::enable_shared_from_this<impl> {
       } catch (const std::exception&) {  // the lease expires on its own
       }
     } else {
-      co_await attempt(d);
+      try {
+        co_await attempt(d);
+      } catch (const std::exception& e) {  // the slot is freed whatever happened; the lease
+        log::write(log::level::error, "webhook attempt aborted; retried after its lease",
+                   {{"tenant", d.tenant_id}, {"delivery", d.id}, {"error", e.what()}});
+      }
     }
     metrics.webhook_in_flight().Decrement();
     {
@@ -169,7 +174,8 @@ struct worker::impl : std::enable_shared_from_this<impl> {
         });
         if (ok) outcome = "delivered";
       } else {
-        const auto delay = retry_delay(d.attempts, opts.retry_base, opts.retry_cap, random_unit());
+        const auto delay =
+            retry_delay(d.window_attempts, opts.retry_base, opts.retry_cap, random_unit());
         outcome = co_await in_tx([&](pqxx::work& w) {
           return store::mark_attempt_failed(w, d.seq, opts.instance_id, res.status, error,
                                             delay.count(), opts.max_age.count());

@@ -406,12 +406,16 @@ TEST_CASE("delivery survives a down receiver, 500s and a hanging receiver", "[we
 
   SECTION("ordered per connection: a later event waits until the earlier one is delivered") {
     hook_rig rig;
-    rig.receiver->control("POST", "/control/script",
-                          {{"steps", {{{"status", 500}, {"repeat", 3}}}}});
+    // The first attempt is held open at the receiver (then answers 500), two more get 500.
+    rig.receiver->control(
+        "POST", "/control/script",
+        {{"steps", {{{"status", 500}, {"hold", "h"}}, {{"status", 500}, {"repeat", 2}}}}});
     rig.dead("c1");
     REQUIRE(rig.wait_received(1, 10s));
-    // c1 is reconnected by re-import while its reauth_required is still being retried.
+    // c1 is reconnected by re-import while its reauth_required is in flight, so surely pending.
     REQUIRE(import_connection(*rig.t, rig.key, "c1", "fk", "at-new", "rt-new", 3600) == 200);
+    REQUIRE(rig.outbox_rows("status = 'pending'") == 2);
+    rig.receiver->control("POST", "/control/release", {{"name", "h"}});
     REQUIRE(rig.wait_received(5, 15s));
     std::this_thread::sleep_for(500ms);
     auto items = rig.received();
@@ -424,8 +428,10 @@ TEST_CASE("delivery survives a down receiver, 500s and a hanging receiver", "[we
 TEST_CASE("tokend killed after the change committed, before delivery: delivered after restart",
           "[webhooks]") {
   hook_rig rig(env_map{{"TOKEND_WEBHOOK_POLL_INTERVAL", "60s"}});
-  // A's worker polled at start and now sleeps a minute: the event waits in the outbox.
-  std::this_thread::sleep_for(300ms);
+  // A's worker polled once at start and now sleeps a minute: the event waits in the outbox.
+  REQUIRE(eventually(
+      [&] { return rig.t->output().find("webhook worker started") != std::string::npos; }, 5s));
+  std::this_thread::sleep_for(500ms);
   rig.dead("c1");
   REQUIRE(rig.outbox_rows("status = 'pending'") == 1);
   const auto event_id = rig.db.query_text("SELECT event_id FROM webhook_deliveries");
@@ -587,6 +593,49 @@ TEST_CASE("dead letters: a failed delivery is listed and retried; a rotated secr
   CHECK(!verifies(h3, third["body"], rig.secret));
 }
 
+TEST_CASE("a manual retry starts the back-off again and goes to the tenant's webhook as it is now",
+          "[webhooks]") {
+  hook_rig rig(env_map{{"TOKEND_WEBHOOK_MAX_AGE", "3s"}});
+  rig.receiver->control("POST", "/control/script",
+                        {{"steps", {{{"status", 500}, {"repeat", 10000}}}}});
+  rig.dead("c1");
+  REQUIRE(eventually([&] { return rig.deliveries("?status=failed").size() == 1; }, 15s));
+  const auto failed = rig.deliveries("?status=failed")[0];
+  const std::string id = failed["id"];
+  // 200 ms doubling over a 3 s window: the window's attempts reached a delay of 1.6 s or more.
+  REQUIRE(failed["attempts"].get<int>() >= 4);
+  const auto before = rig.received().size();
+
+  // Back-off counted from the retry (0.2, 0.4, 0.8 s ...), not from the attempts before it:
+  // counting on would wait 3.2 s or more (cut to the window's end at 3 s) after the first try.
+  REQUIRE(rig.t->call("POST", "/v1/webhook/deliveries/" + id + "/retry", rig.key).status == 202);
+  CHECK(eventually([&] { return rig.received().size() >= before + 3; }, 2800ms));
+  REQUIRE(eventually([&] { return rig.deliveries("?status=failed").size() == 1; }, 15s));
+  CHECK(rig.db.query_int("SELECT window_attempts FROM webhook_deliveries") <
+        rig.db.query_int("SELECT attempts FROM webhook_deliveries"));
+
+  // No webhook: nothing to retry to, and the row stays a dead letter.
+  REQUIRE(rig.t->call("DELETE", "/v1/webhook", rig.key).status == 204);
+  auto none = rig.t->call("POST", "/v1/webhook/deliveries/" + id + "/retry", rig.key);
+  CHECK(none.status == 409);
+  CHECK(none.json()["detail"].get<std::string>().find("no webhook") != std::string::npos);
+  CHECK(rig.db.query_text("SELECT status FROM webhook_deliveries") == "failed");
+
+  // A new webhook (another URL, another secret): the retry is sent there, signed with its secret.
+  rig.receiver->control("POST", "/control/reset");
+  auto put = rig.t->call("PUT", "/v1/webhook", rig.key, {{"url", rig.receiver->url("/v2/hook")}});
+  REQUIRE(put.status == 200);
+  const std::string fresh = put.json()["secret"];
+  REQUIRE(fresh != rig.secret);
+  REQUIRE(rig.t->call("POST", "/v1/webhook/deliveries/" + id + "/retry", rig.key).status == 202);
+  REQUIRE(rig.wait_received(1, 10s));
+  const auto got = rig.received()[0];
+  CHECK(got["path"] == "/v2/hook");
+  CHECK(body_of(got)["id"] == failed["event_id"]);
+  CHECK(verifies(got["headers"]["tokend-signature"], got["body"], fresh));
+  CHECK(eventually([&] { return rig.deliveries("?status=delivered").size() == 1; }, 5s));
+}
+
 TEST_CASE(
     "the outbox row commits and rolls back with the state change; subscriptions and "
     "deletion",
@@ -661,12 +710,14 @@ TEST_CASE(
     "[webhooks]") {
   SECTION("20 events, two workers, each delivered exactly once") {
     hook_rig rig(env_map{{"TOKEND_WEBHOOKS", "off"}});
-    tokend_process a(rig.db.url(), hook_env({{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}}));
-    tokend_process b(rig.db.url(), hook_env({{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}}));
-    // Each answer takes 300 ms, so the workers' claims overlap in time.
+    // All 20 wait in the outbox before either worker starts; each answer takes 300 ms, so the
+    // two workers' claims overlap in time.
     rig.receiver->control("POST", "/control/script",
                           {{"steps", {{{"delay_ms", 300}, {"repeat", 100}}}}});
     for (int i = 0; i < 20; ++i) rig.dead(numbered("c", i));
+    REQUIRE(rig.outbox_rows("status = 'pending'") == 20);
+    tokend_process a(rig.db.url(), hook_env({{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}}));
+    tokend_process b(rig.db.url(), hook_env({{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}}));
     REQUIRE(rig.wait_received(20, 30s));
     REQUIRE(eventually([&] { return rig.outbox_rows("status = 'delivered'") == 20; }, 10s));
     std::this_thread::sleep_for(800ms);
@@ -678,13 +729,16 @@ TEST_CASE(
     double delivered = 0;
     for (const auto* p : {&a, &b}) {
       const auto m = http_call(p->metrics_address(), "GET", "/metrics").body;
-      delivered += metric_value(m, "tokend_webhook_deliveries_total{outcome=\"delivered\"}");
+      const double mine = metric_value(m, "tokend_webhook_deliveries_total{outcome=\"delivered\"}");
+      CHECK(mine > 0);  // both workers took part: the claims really competed
+      delivered += mine;
     }
     CHECK(delivered == 20);
   }
 
   SECTION("a tenant whose receiver hangs holds at most 4 deliveries; another tenant's go on") {
-    hook_rig rig(env_map{{"TOKEND_WEBHOOK_TIMEOUT", "5s"}});
+    // The hanging attempts outlast the test (a 20 s timeout), so acme's claims stay live.
+    hook_rig rig(env_map{{"TOKEND_WEBHOOK_TIMEOUT", "20s"}});
     node_peer fast{"fake-token-endpoint.mjs"};
     rig.receiver->control("POST", "/control/script",
                           {{"steps", {{{"never_answer", true}, {"repeat", 100}}}}});
@@ -700,10 +754,13 @@ TEST_CASE(
     REQUIRE(rig.t->call("GET", "/v1/tokens/g1", globex).status == 409);
     const auto start = std::chrono::steady_clock::now();
     REQUIRE(eventually(
-        [&] { return fast.control("GET", "/control/requests")["items"].size() == 1; }, 3s));
-    CHECK(std::chrono::steady_clock::now() - start < 2s);
-    // acme's hanging receiver holds exactly its cap of 4, not all 8.
+        [&] { return fast.control("GET", "/control/requests")["items"].size() == 1; }, 10s));
+    CHECK(std::chrono::steady_clock::now() - start < 5s);  // the next polls, not a timeout
+    // acme's hanging receiver holds exactly its cap of 4, not all 8: four live claims.
     CHECK(rig.received().size() == 4);
+    CHECK(rig.outbox_rows("tenant_id = 'acme' AND status = 'pending' AND claim_expires_at > "
+                          "now()") == 4);
+    CHECK(rig.outbox_rows("tenant_id = 'acme' AND status = 'pending'") == 8);
   }
 }
 
@@ -719,15 +776,15 @@ TEST_CASE("rotate-keys re-seals webhook secrets; deliveries sign with both under
     tokend_process t(db.url(), hook_env({{"TOKEND_MASTER_KEYS", old_keys}}));
     key = t.tenant_key("acme");
     put_provider(t, key, "fk", token.url("/token"));
-    first = t.call("PUT", "/v1/webhook", key, json{{"url", receiver.url("/hook")}}).json()["secret"];
+    first =
+        t.call("PUT", "/v1/webhook", key, json{{"url", receiver.url("/hook")}}).json()["secret"];
     auto rot = t.call("POST", "/v1/webhook/rotate-secret", key);
     REQUIRE(rot.status == 200);
     second = rot.json()["secret"];
   }
-  auto rotate = run_command({TOKEND_BINARY, "rotate-keys"},
-                            {{"TOKEND_DATABASE_URL", db.url()},
-                             {"TOKEND_MASTER_KEYS", new_only + "," + old_keys}},
-                            60s);
+  auto rotate = run_command(
+      {TOKEND_BINARY, "rotate-keys"},
+      {{"TOKEND_DATABASE_URL", db.url()}, {"TOKEND_MASTER_KEYS", new_only + "," + old_keys}}, 60s);
   INFO(rotate.output);
   REQUIRE(rotate.exit_code == 0);
   CHECK(db.query_text("SELECT key_id FROM webhooks") == "k2");

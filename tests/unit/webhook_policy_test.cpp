@@ -24,8 +24,10 @@ TEST_CASE("secrets are 256 random bits in hex", "[webhooks]") {
   CHECK(a != b);
 }
 
-TEST_CASE("retry delay doubles from the base up to the cap, jitter adds at most a quarter",
-          "[webhooks]") {
+TEST_CASE(
+    "retry delay doubles from the base up to the cap, jitter adds at most a quarter, never past "
+    "the cap",
+    "[webhooks]") {
   const milliseconds base(10000), cap(3600000);
   CHECK(retry_delay(1, base, cap, 0) == milliseconds(10000));
   CHECK(retry_delay(2, base, cap, 0) == milliseconds(20000));
@@ -33,9 +35,17 @@ TEST_CASE("retry delay doubles from the base up to the cap, jitter adds at most 
   CHECK(retry_delay(1, base, cap, 0.999) < milliseconds(12500));
   CHECK(retry_delay(1, base, cap, 0.999) > milliseconds(12400));
   CHECK(retry_delay(9, base, cap, 0) == milliseconds(2560000));
-  CHECK(retry_delay(10, base, cap, 0) == cap);    // 5120 s capped at 1 h
-  CHECK(retry_delay(10, base, cap, 0.9) == cap);  // jitter never passes the cap
-  CHECK(retry_delay(1000, base, cap, 0.5) == cap);
+  CHECK(retry_delay(10, base, cap, 0) == cap);  // 5120 s capped at 1 h
+  // At the cap the jitter spreads below it (never past it, never in lockstep).
+  CHECK(retry_delay(10, base, cap, 0.9) == milliseconds(3528000));
+  CHECK(retry_delay(1000, base, cap, 0.5) == milliseconds(3240000));
+  CHECK(retry_delay(1000, base, cap, 0.0) == cap);
+  CHECK(retry_delay(1000, base, cap, 0.999) <= cap);
+  CHECK(retry_delay(1000, base, cap, 0.999) > milliseconds(3590000));
+  // Below the cap the plain quarter; where it would pass the cap, spread below it.
+  CHECK(retry_delay(9, base, cap, 0.9) == milliseconds(3136000));  // 2560 s x 1.225
+  CHECK(retry_delay(9, milliseconds(12000), cap, 0.9) ==
+        milliseconds(3528000));  // 3072 s x 1.225 > 1 h: 0.98 x 1 h
 }
 
 TEST_CASE("event types", "[webhooks]") {
