@@ -710,10 +710,11 @@ TEST_CASE(
     "[webhooks]") {
   SECTION("20 events, two workers, each delivered exactly once") {
     hook_rig rig(env_map{{"TOKEND_WEBHOOKS", "off"}});
-    // All 20 wait in the outbox before either worker starts; each answer takes 300 ms, so the
-    // two workers' claims overlap in time.
+    // All 20 wait in the outbox before either worker starts. Each answer takes 1 s, so one
+    // worker alone (4 at a time for the tenant) would need 5 s: far longer than the second
+    // instance takes to start, even on a loaded CI machine, so the claims really compete.
     rig.receiver->control("POST", "/control/script",
-                          {{"steps", {{{"delay_ms", 300}, {"repeat", 100}}}}});
+                          {{"steps", {{{"delay_ms", 1000}, {"repeat", 100}}}}});
     for (int i = 0; i < 20; ++i) rig.dead(numbered("c", i));
     REQUIRE(rig.outbox_rows("status = 'pending'") == 20);
     tokend_process a(rig.db.url(), hook_env({{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}}));
