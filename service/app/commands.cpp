@@ -118,7 +118,7 @@ int tokend_main(int argc, char** argv) {
     return 2;
   }
   const auto& c = *parsed.cfg;
-  log::init(c.log_format, c.log_level, c.instance_id, c.environment);
+  log::init(c.log_format, c.log_level, c.instance_id, c.environment, c.log_queue);
 
   if (command == "migrate") return run_migrate(c);
   if (command == "rotate-keys") return run_rotate_keys(c, batch);

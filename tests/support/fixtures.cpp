@@ -1,14 +1,16 @@
 #include "fixtures.hpp"
 
 #include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
-
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 #include <random>
 #include <sstream>
+#include <thread>
 #include "core/provider_defaults.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
@@ -136,6 +138,19 @@ std::string logged_address(const std::string& output, const std::string& msg) {
   return "";
 }
 
+namespace {
+// TOKEND_TEST_LOG_DIR (set by CTest): every tokend of the suite logs into that one directory,
+// and the files outlive the test, so the last CTest test (log_scan) can check every line.
+std::string log_path_for(const std::string& own_dir) {
+  const char* dir = std::getenv("TOKEND_TEST_LOG_DIR");
+  if (!dir || !*dir) return own_dir + "/tokend.log";
+  std::filesystem::create_directories(dir);
+  static std::atomic<int> n{0};
+  return std::string(dir) + "/tokend-" + std::to_string(::getpid()) + "-" +
+         std::to_string(n.fetch_add(1)) + ".log";
+}
+}  // namespace
+
 tokend_process::tokend_process(const std::string& database_url,
                                std::map<std::string, std::string> env,
                                std::vector<std::string> args)
@@ -162,7 +177,7 @@ tokend_process::tokend_process(const std::string& database_url,
   const char* binary = std::getenv("TOKEND_TEST_BINARY");
   std::vector<std::string> argv = {binary && *binary ? binary : TOKEND_BINARY};
   argv.insert(argv.end(), args.begin(), args.end());
-  proc_ = std::make_unique<child_process>(argv, full, dir_ + "/tokend.log");
+  proc_ = std::make_unique<child_process>(argv, full, log_path_for(dir_));
   auto out = proc_->wait_for_output("\"msg\":\"listening\"", std::chrono::seconds(30));
   if (!out) FAIL("tokend did not start listening:\n" << proc_->output());
   address_ = logged_address(*out, "listening");
@@ -176,6 +191,11 @@ tokend_process::tokend_process(const std::string& database_url,
 tokend_process::~tokend_process() {
   proc_.reset();
   std::filesystem::remove_all(dir_);
+}
+
+std::string tokend_process::output() const {
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  return proc_->output();
 }
 
 int tokend_process::stop(std::chrono::milliseconds timeout) {
