@@ -1,5 +1,5 @@
 // What every API handler may use: settings, the short-query pool, keyring, clock, key-usage
-// tracker, the refresh engine and the caches.
+// tracker, the refresh engine, the caches and the metrics.
 // Owned by serve(); handlers hold references that outlive the router.
 #pragma once
 #include <chrono>
@@ -19,6 +19,9 @@ class engine;
 }
 namespace tokend::cache {
 class caches;
+}
+namespace tokend::observability {
+class metrics;
 }
 
 namespace tokend::api {
@@ -42,6 +45,7 @@ struct context {
   const wall_clock& clock;
   refresh::engine& engine;
   cache::caches& caches;
+  observability::metrics& metrics;
 };
 
 }  // namespace tokend::api

@@ -14,6 +14,7 @@
 #include "crypto/crypto.hpp"
 #include "http/router.hpp"
 #include "observability/log.hpp"
+#include "observability/metrics.hpp"
 #include "store/reauth_store.hpp"
 #include "store/repository.hpp"
 
@@ -117,7 +118,8 @@ minted mint_link(context& ctx, pqxx::work& tx, store::reauth_link_record l, long
   return {std::move(stored), ctx.cfg.public_url + "/connect/" + token};
 }
 
-void log_created(const store::reauth_link_record& l, const http::request& req) {
+void log_created(context& ctx, const store::reauth_link_record& l, const http::request& req) {
+  ctx.metrics.reauth_link("created");
   log::write(log::level::info, "reauth link created",
              {{"tenant", l.tenant_id}, {"connection", l.connection_id}, {"link", l.id},
               {"kind", l.kind}, {"reason", l.reason}},
@@ -177,7 +179,7 @@ asio::awaitable<http::response> create_reauth_link(context& ctx, http::request& 
     store::append_event(tx, e);
     return m;
   });
-  log_created(out.link, req);
+  log_created(ctx, out.link, req);
   co_return json_reply(201, link_created_view(out.link, out.url));
 }
 
@@ -209,7 +211,7 @@ asio::awaitable<http::response> create_connect_link(context& ctx, http::request&
     l.request_id = req.request_id;
     return mint_link(ctx, tx, l, fields.expires_in);
   });
-  log_created(out.link, req);
+  log_created(ctx, out.link, req);
   co_return json_reply(201, link_created_view(out.link, out.url));
 }
 

@@ -8,7 +8,9 @@
 #include "api/tx.hpp"
 #include "cache/caches.hpp"
 #include "core/validate.hpp"
+#include "core/errors.hpp"
 #include "http/router.hpp"
+#include "observability/metrics.hpp"
 #include "refresh/engine.hpp"
 
 namespace asio = boost::asio;
@@ -33,6 +35,31 @@ http::response token_reply(const refresh::token_answer& a, sys_time now) {
   return res;
 }
 
+observability::token_result result_of(const refresh::token_answer& a) {
+  using observability::token_result;
+  if (a.deferred) return token_result::deferred;
+  if (a.joined) return token_result::joined;
+  return a.refreshed ? token_result::refreshed : token_result::fresh;
+}
+
+// Counts the request's result (tokend_token_requests_total) whatever it ends as.
+template <class F>
+asio::awaitable<http::response> counted(context& ctx, F answer) {
+  using observability::token_result;
+  try {
+    auto a = co_await answer();
+    ctx.metrics.token_request(result_of(a));
+    co_return token_reply(a, ctx.clock.now());
+  } catch (const api_error& e) {
+    ctx.metrics.token_request(e.code() == errc::reauth_required ? token_result::reauth_required
+                                                                : token_result::error);
+    throw;
+  } catch (...) {
+    ctx.metrics.token_request(token_result::error);
+    throw;
+  }
+}
+
 asio::awaitable<http::response> get_token(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_scope(who, "tokens:read");
@@ -41,8 +68,7 @@ asio::awaitable<http::response> get_token(context& ctx, http::request& req) {
   // A named caller: g++ 12 mishandles brace-initialized temporaries bound to reference
   // parameters of a coroutine inside co_await (the temporary is destroyed twice).
   const refresh::caller c{who.tenant_id(), req.request_id, req.deadline};
-  auto answer = co_await ctx.engine.get(c, id, min_ttl);
-  co_return token_reply(answer, ctx.clock.now());
+  co_return co_await counted(ctx, [&] { return ctx.engine.get(c, id, min_ttl); });
 }
 
 asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
@@ -52,9 +78,9 @@ asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
   auto body = body_reader::parse(req.body, true);
   auto if_version = body.integer("if_token_version", 1, std::numeric_limits<long long>::max());
   body.finish();
+  if (if_version) ctx.metrics.conditional_refresh();  // the caller got a 401 from the provider
   const refresh::caller c{who.tenant_id(), req.request_id, req.deadline};
-  auto answer = co_await ctx.engine.refresh(c, id, if_version);
-  co_return token_reply(answer, ctx.clock.now());
+  co_return co_await counted(ctx, [&] { return ctx.engine.refresh(c, id, if_version); });
 }
 
 }  // namespace

@@ -219,6 +219,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
         integer("TOKEND_TEST_CACHE_INSERT_DELAY_MS", 0, 60000, c.test_cache_insert_delay),
         on_off("TOKEND_TEST_LOSE_COMMIT_ACK", c.test_lose_commit_ack),
         on_off("TOKEND_SCHEDULER", c.scheduler),
+        integer("TOKEND_LOG_QUEUE", 1, 16777216, c.log_queue),
         integer("TOKEND_SCHEDULER_INTERVAL", 1, 3600, c.scheduler_interval),
         integer("TOKEND_SCHEDULER_CONCURRENCY", 1, 1000, c.scheduler_concurrency),
         integer("TOKEND_KEEPALIVE_MARGIN", 1, 10LL * 31536000, c.keepalive_margin),
@@ -252,6 +253,9 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
                  duration("TOKEND_WEBHOOK_POLL_INTERVAL", milliseconds(10), milliseconds(60000),
                           c.webhook_poll_interval),
                  integer("TOKEND_WEBHOOK_CONCURRENCY", 1, 1000, c.webhook_concurrency),
+                 duration("TOKEND_METRICS_STATUS_INTERVAL", milliseconds(100), hours(1),
+                          c.metrics_status_interval),
+                 integer("TOKEND_METRICS_TENANT_LIMIT", 0, 100000, c.metrics_tenant_limit),
                  integer("TOKEND_WEBHOOK_TENANT_CONCURRENCY", 1, 1000,
                          c.webhook_tenant_concurrency)}) {
     if (e) return {std::nullopt, *e};

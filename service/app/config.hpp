@@ -29,6 +29,11 @@ struct config {
   std::string instance_id;
   log::level log_level = log::level::info;
   log::format log_format = log::format::json;
+  std::size_t log_queue = 65536;  // lines the log writer holds before it drops info lines
+  // How often tokend_connections{status} is counted in SQL; tenants with their own label on the
+  // per-tenant counters (the rest are "other").
+  std::chrono::milliseconds metrics_status_interval{30000};
+  std::size_t metrics_tenant_limit = 200;
   unsigned threads = 1;
   unsigned db_pool_size = 8;
   unsigned refresh_pool_size = 16;

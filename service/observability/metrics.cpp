@@ -1,5 +1,7 @@
 #include "observability/metrics.hpp"
 
+#include "observability/log.hpp"
+
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -17,6 +19,25 @@ const prometheus::Histogram::BucketBoundaries kLagBuckets = {0.1, 0.25, 0.5, 1, 
 // Webhook latency: retries can stretch it to the 24 h retry window.
 const prometheus::Histogram::BucketBoundaries kHookBuckets = {
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400};
+const prometheus::Histogram::BucketBoundaries kRefreshBuckets = {
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+constexpr const char* kTokenResults[] = {"fresh",    "refreshed",       "joined",
+                                         "deferred", "reauth_required", "error"};
+constexpr const char* kTriggers[] = {"on_demand", "forced", "conditional", "scheduled"};
+
+bool is_failure(std::string_view outcome) {
+  return outcome == "transient" || outcome == "in_doubt" || outcome == "invalid_grant" ||
+         outcome == "config_error" || outcome == "provider_error" ||
+         outcome == "persist_failed" || outcome == "decrypt_failed";
+}
+
+const char* status_class(int status) {
+  if (status >= 200 && status < 300) return "2xx";
+  if (status >= 300 && status < 400) return "3xx";
+  if (status >= 400 && status < 500) return "4xx";
+  if (status >= 500 && status < 600) return "5xx";
+  return "none";
+}
 }  // namespace
 
 struct metrics::impl {
@@ -29,6 +50,76 @@ struct metrics::impl {
   std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>>
       request_series;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  // Tenants with a label of their own on the per-tenant counters; the rest are "other".
+  std::size_t tenant_limit = 200;
+  std::mutex tenants_mu;
+  std::unordered_map<std::string, bool> tenants;
+  std::string tenant_label(std::string_view tenant) {
+    std::lock_guard lk(tenants_mu);
+    const std::string t(tenant);
+    if (tenants.count(t)) return t;
+    if (tenants.size() < tenant_limit) {
+      tenants.emplace(t, true);
+      return t;
+    }
+    return "other";
+  }
+  prometheus::Counter* token_results[std::size(kTokenResults)] = {};
+  prometheus::Family<prometheus::Counter>& token_requests =
+      prometheus::BuildCounter()
+          .Name("tokend_token_requests_total")
+          .Help(
+              "GET and POST /v1/tokens requests by result (fresh: served as stored; refreshed: "
+              "this request's refresh; joined: a refresh already in flight; deferred: served "
+              "with refresh_deferred; reauth_required: 409; error: any other error answer)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& conditional =
+      prometheus::BuildCounter()
+          .Name("tokend_conditional_refreshes_total")
+          .Help("POST /v1/tokens/{c}/refresh with if_token_version: a caller got a 401 from the "
+                "provider API")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& provider_responses =
+      prometheus::BuildCounter()
+          .Name("tokend_provider_responses_total")
+          .Help("Token-endpoint answers by provider and status class (none: no answer)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& refresh_duration =
+      prometheus::BuildHistogram()
+          .Name("tokend_refresh_duration_seconds")
+          .Help("Refresh flights from start to result (lock, provider call, write), by trigger")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& invalid_grant =
+      prometheus::BuildCounter()
+          .Name("tokend_invalid_grant_total")
+          .Help("Grants found dead (needs_reauth) by tenant and reason; tenants beyond "
+                "TOKEND_METRICS_TENANT_LIMIT are counted as tenant=\"other\"")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& refresh_failures =
+      prometheus::BuildCounter()
+          .Name("tokend_refresh_failures_total")
+          .Help("Failed refresh outcomes by tenant and outcome (transient, in_doubt, "
+                "invalid_grant, config_error, provider_error, persist_failed, decrypt_failed)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& reauth_links =
+      prometheus::BuildCounter()
+          .Name("tokend_reauth_links_total")
+          .Help("Reauthorization and connect links by event (created, opened, completed)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& connections =
+      prometheus::BuildGauge()
+          .Name("tokend_connections")
+          .Help("Connections by status, all tenants and instances (from SQL every 30 s)")
+          .Register(*registry);
+  // The log writer counts its drops itself; the counter catches up at every scrape.
+  prometheus::Counter& log_dropped = prometheus::BuildCounter()
+                                         .Name("tokend_log_lines_dropped_total")
+                                         .Help("Log lines dropped because the writer's queue "
+                                               "was full (never warn or above)")
+                                         .Register(*registry)
+                                         .Add({});
+  std::mutex log_dropped_mu;
+  std::uint64_t log_dropped_seen = 0;
   prometheus::Family<prometheus::Counter>& requests =
       prometheus::BuildCounter()
           .Name("tokend_http_requests_total")
@@ -188,8 +279,15 @@ struct metrics::impl {
                                                      .Register(*registry);
 };
 
-metrics::metrics() : impl_(std::make_unique<impl>()) {
+metrics::metrics(std::size_t tenant_limit) : impl_(std::make_unique<impl>()) {
+  impl_->tenant_limit = tenant_limit;
   impl_->build.Add({{"version", TOKEND_VERSION}}).Set(1);
+  for (std::size_t i = 0; i < std::size(kTokenResults); ++i)
+    impl_->token_results[i] = &impl_->token_requests.Add({{"result", kTokenResults[i]}});
+  impl_->conditional.Add({});
+  for (const char* t : kTriggers) impl_->refresh_duration.Add({{"trigger", t}}, kRefreshBuckets);
+  for (const char* e : {"created", "opened", "completed"}) impl_->reauth_links.Add({{"event", e}});
+  for (const char* st : {"active", "needs_reauth"}) impl_->connections.Add({{"status", st}}).Set(0);
   // Label-less series exist from the start, so a scrape (and an alert) never mistakes "not
   // yet observed" for "missing".
   impl_->reconnects.Add({});
@@ -280,9 +378,40 @@ prometheus::Counter& metrics::sql_statements(std::string_view origin) {
   return impl_->statements.Add({{"origin", std::string(origin)}});
 }
 
-void metrics::refresh_outcome(std::string_view trigger, std::string_view outcome) {
+void metrics::refresh_outcome(std::string_view trigger, std::string_view outcome,
+                              std::string_view tenant) {
   impl_->refreshes.Add({{"trigger", std::string(trigger)}, {"outcome", std::string(outcome)}})
       .Increment();
+  if (is_failure(outcome)) {
+    impl_->refresh_failures
+        .Add({{"tenant", impl_->tenant_label(tenant)}, {"outcome", std::string(outcome)}})
+        .Increment();
+  }
+}
+
+void metrics::refresh_duration(std::string_view trigger, double seconds) {
+  impl_->refresh_duration.Add({{"trigger", std::string(trigger)}}, kRefreshBuckets)
+      .Observe(seconds);
+}
+
+void metrics::provider_response(std::string_view provider, int status) {
+  impl_->provider_responses
+      .Add({{"provider", std::string(provider)}, {"status_class", status_class(status)}})
+      .Increment();
+}
+
+void metrics::token_request(token_result r) {
+  impl_->token_results[static_cast<std::size_t>(r)]->Increment();
+}
+
+void metrics::conditional_refresh() { impl_->conditional.Add({}).Increment(); }
+
+void metrics::reauth_link(std::string_view event) {
+  impl_->reauth_links.Add({{"event", std::string(event)}}).Increment();
+}
+
+prometheus::Gauge& metrics::connections(std::string_view status) {
+  return impl_->connections.Add({{"status", std::string(status)}});
 }
 
 void metrics::provider_call(double seconds) {
@@ -311,8 +440,11 @@ void metrics::slot_wait_timeout(std::string_view reason) {
   impl_->slot_timeouts.Add({{"reason", std::string(reason)}}).Increment();
 }
 
-void metrics::reauth_required(std::string_view reason) {
+void metrics::reauth_required(std::string_view reason, std::string_view tenant) {
   impl_->reauth.Add({{"reason", std::string(reason)}}).Increment();
+  impl_->invalid_grant
+      .Add({{"tenant", impl_->tenant_label(tenant)}, {"reason", std::string(reason)}})
+      .Increment();
 }
 
 prometheus::Gauge& metrics::refresh_in_flight() { return impl_->in_flight.Add({}); }
@@ -341,6 +473,14 @@ prometheus::Counter& metrics::db_jobs(std::string_view origin) {
 }
 
 std::string metrics::serialize() const {
+  {
+    std::lock_guard lk(impl_->log_dropped_mu);
+    const auto now = log::dropped();
+    if (now > impl_->log_dropped_seen) {
+      impl_->log_dropped.Increment(static_cast<double>(now - impl_->log_dropped_seen));
+      impl_->log_dropped_seen = now;
+    }
+  }
   return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
 }
 

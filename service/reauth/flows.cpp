@@ -20,6 +20,7 @@
 #include "oauth/http_client.hpp"
 #include "oauth/token_request.hpp"
 #include "observability/log.hpp"
+#include "observability/metrics.hpp"
 #include "reauth/pages.hpp"
 #include "store/change_listener.hpp"
 #include "store/db_pool.hpp"
@@ -256,7 +257,9 @@ asio::awaitable<http::response> flows::impl::connect_page(http::request& req) {
       page p;
       std::vector<std::string> form_action;
     };
+    bool opened = false;  // counted once the transaction committed
     auto v = co_await in_tx(req.deadline, [&](pqxx::work& tx) -> view {
+      opened = false;
       auto link = store::find_link_by_token(tx, hash, true);
       if (!link) return {unknown_link_page(), {}};
       if (!link->usable()) return {gone_page(*link), {}};
@@ -270,6 +273,7 @@ asio::awaitable<http::response> flows::impl::connect_page(http::request& req) {
       if (store::mark_link_opened(tx, link->tenant_id, link->id)) {
         append_link_event(tx, *link, "reauth_link_opened", "link " + link->id + " opened",
                           req.request_id, o);
+        opened = true;
       }
       if (!provider || !provider->authorize_url) {
         return {simple(500, "Reconnecting is not set up",
@@ -297,6 +301,7 @@ asio::awaitable<http::response> flows::impl::connect_page(http::request& req) {
       p.post_button = link->kind == "connect" ? "Connect" : "Reconnect";
       return {std::move(p), {url_origin(*provider->authorize_url)}};
     });
+    if (opened && o.metrics) o.metrics->reauth_link("opened");
     co_return render(v.p, v.form_action);
   });
 }
@@ -424,6 +429,31 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
                        pr, sent_at,
                        {job.provider.default_expires_in, job.provider.refresh_token_lifetime});
   const auto status = reply.status ? std::optional<int>(reply.status) : std::nullopt;
+  if (o.metrics) o.metrics->provider_response(job.provider.id, reply.status);
+  log::record(cls.kind == policy::outcome::refreshed ? log::level::info : log::level::warn,
+              "token endpoint call", job.request_id)
+      .str("tenant", job.link.tenant_id)
+      .str("connection", job.link.connection_id)
+      .str("provider", job.provider.id)
+      .str("endpoint", "token_endpoint")
+      .str("grant_type", "authorization_code")
+      .str("trigger", "reauth")
+      .num("http_status", reply.status)
+      .str("oauth_error", cls.oauth_error)
+      .str("error_description", cls.description)
+      .str("transport_error", reply.error)
+      .flag("connection_reused", reply.reused)
+      .str("outcome", policy::outcome_name(cls.kind))
+      .null("token_age_s")  // no stored token: the grant is new
+      .null("token_version")
+      .num("attempt", 1)
+      .str("link_id", job.link.id)
+      .num("backoff_ms", 0)
+      .flag("reauth_escalated", false)
+      .num("queue_latency_ms", 0)
+      .num("duration_ms", std::chrono::duration_cast<milliseconds>(steady::now() - started).count())
+      .str("client_id_hash", crypto::fingerprint(job.provider.client_id))
+      .str("redirect_uri_hash", crypto::fingerprint(job.redirect_uri));
   if (cls.kind != policy::outcome::refreshed || !cls.tokens) {
     const std::string why = std::string("code exchange: ") +
                             std::string(policy::outcome_name(cls.kind)) +
@@ -620,6 +650,7 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
         }
       }
       caches.invalidate(cache::caches::token_key(job.link.tenant_id, job.link.connection_id));
+      if (o.metrics) o.metrics->reauth_link("completed");
       log::write(log::level::info, "reauthorized",
                  {{"tenant", job.link.tenant_id},
                   {"connection", job.link.connection_id},

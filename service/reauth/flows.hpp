@@ -31,6 +31,9 @@ class router;
 namespace tokend {
 class wall_clock;
 }
+namespace tokend::observability {
+class metrics;
+}
 
 namespace tokend::reauth {
 
@@ -45,6 +48,7 @@ struct flow_options {
   std::chrono::seconds canary_timeout{10};
   int canary_tries = 3;
   std::chrono::seconds keepalive_margin{604800};  // for the due rule stamped by the callback
+  observability::metrics* metrics = nullptr;      // links opened and completed, provider answers
 };
 
 class flows {

@@ -16,6 +16,7 @@
 #include "cache/caches.hpp"
 #include "core/provider_defaults.hpp"
 #include "core/schedule_policy.hpp"
+#include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
 #include "oauth/http_client.hpp"
 #include "oauth/token_request.hpp"
@@ -214,7 +215,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     e.description = why;
     co_await lock.run([&](pqxx::work& tx) { store::append_event(tx, e); });
     co_await lock.commit();
-    d.metrics.refresh_outcome(tname, outcome);
+    d.metrics.refresh_outcome(tname, outcome, f.tenant);
   };
   std::optional<crypto::opened_tokens> opened;
   std::optional<std::string> secret;
@@ -236,7 +237,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       // Another instance's refresh holds the row until our deadline, or no refresh-pool lease
       // was free: the transient fallback, with what the callers saw.
       d.metrics.slot_wait_timeout("pool");
-      d.metrics.refresh_outcome(tname, "deferred");
+      d.metrics.refresh_outcome(tname, "deferred", f.tenant);
       flight_result r;
       r.transient = true;
       co_return r;
@@ -300,8 +301,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       co_await lock.commit();
       row.status = "needs_reauth";
       row.reauth_reason = "imported_without_refresh_token";
-      d.metrics.reauth_required("imported_without_refresh_token");
-      d.metrics.refresh_outcome(tname, "invalid_grant");
+      d.metrics.reauth_required("imported_without_refresh_token", f.tenant);
+      d.metrics.refresh_outcome(tname, "invalid_grant", f.tenant);
       throw reauth_error(row);
     }
     // Origin binding: the refresh token goes only to the origin it was issued for. One
@@ -324,7 +325,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         store::append_event(tx, e);
       });
       f.settled = co_await lock.commit();
-      d.metrics.refresh_outcome(tname, "config_error");
+      d.metrics.refresh_outcome(tname, "config_error", f.tenant);
       throw api_error(errc::provider_config_error,
                       "the connection's refresh token was issued for " + row.token_origin +
                           ", but the provider's token endpoint is now on " +
@@ -410,7 +411,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     e.outcome = "deferred";
     e.description = "another refresh of this connection is still in flight (attempt marker open)";
     co_await append_event_now(d, e);
-    d.metrics.refresh_outcome(tname, "deferred");
+    d.metrics.refresh_outcome(tname, "deferred", f.tenant);
     co_return transient_result(row, 1, opened->access_token);
   }
 
@@ -436,7 +437,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       if (!co_await bucket.take(static_cast<double>(*provider.refresh_rate_per_s), f.deadline,
                                 priority)) {
         d.metrics.slot_wait_timeout("rate");
-        d.metrics.refresh_outcome(tname, "deferred");
+        d.metrics.refresh_outcome(tname, "deferred", f.tenant);
         break;  // the transient fallback; the marker is closed as failed (nothing was sent)
       }
     }
@@ -468,6 +469,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         co_await call_provider(d, f, lock, request, policy::answer_cap(committed_after, window));
     const auto call_ms = ms_since(call_started);
     d.metrics.provider_call(static_cast<double>(call_ms) / 1000.0);
+    d.metrics.provider_response(provider.id, reply.status);
     policy::provider_reply pr{reply.sent, reply.status, reply.body_complete, std::move(reply.body),
                               reply.retry_after};
     auto cls =
@@ -489,31 +491,37 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
                             steady::now() + delay + milliseconds(50) < f.deadline;
     const bool escalated = cls.kind == policy::outcome::invalid_grant;
     const auto now = d.clock.now();
-    log::write(retryable || escalated || cls.kind == policy::outcome::config_error
-                   ? log::level::warn
-                   : log::level::info,
-               "token endpoint call",
-               {{"tenant", row.tenant_id},
-                {"connection", row.id},
-                {"provider", provider.id},
-                {"endpoint", "token_endpoint"},
-                {"trigger", tname},
-                {"http_status", reply.status},
-                {"oauth_error", cls.oauth_error ? json(*cls.oauth_error) : json(nullptr)},
-                {"error_description", cls.description ? json(*cls.description) : json(nullptr)},
-                {"transport_error", reply.error},
-                {"connection_reused", reply.reused},
-                {"outcome", policy::outcome_name(cls.kind)},
-                {"token_age_s", token_age_s},
-                {"token_version", row.token_version},
-                {"attempt", attempt},
-                {"attempt_id", marker_id},
-                {"backoff_ms", will_retry ? delay.count() : 0},
-                {"reauth_escalated", escalated},
-                {"queue_latency_ms", queue_ms},
-                {"duration_ms", call_ms},
-                {"refresh_token_fingerprint", row.sealed.refresh_token_fp.value_or("")}},
-               f.request_id);
+    // The token-endpoint line: every field operations need (DOMAIN.md), rendered without a DOM.
+    log::record(retryable || escalated || cls.kind == policy::outcome::config_error
+                    ? log::level::warn
+                    : log::level::info,
+                "token endpoint call", f.request_id)
+        .str("tenant", row.tenant_id)
+        .str("connection", row.id)
+        .str("provider", provider.id)
+        .str("endpoint", "token_endpoint")
+        .str("grant_type", "refresh_token")
+        .str("trigger", tname)
+        .num("http_status", reply.status)
+        .str("oauth_error", cls.oauth_error)
+        .str("error_description", cls.description)
+        .str("transport_error", reply.error)
+        .flag("connection_reused", reply.reused)
+        .str("outcome", policy::outcome_name(cls.kind))
+        .num("token_age_s", token_age_s)
+        .num("token_version", row.token_version)
+        .num("attempt", attempt)
+        .num("attempt_id", marker_id)
+        .num("backoff_ms", will_retry ? static_cast<long long>(delay.count()) : 0LL)
+        .flag("reauth_escalated", escalated)
+        .num("queue_latency_ms", static_cast<long long>(queue_ms))
+        .num("duration_ms", static_cast<long long>(call_ms))
+        .str("client_id_hash", crypto::fingerprint(provider.client_id))
+        .str("redirect_uri_hash", provider.redirect_uri
+                                      ? std::optional<std::string>(
+                                            crypto::fingerprint(*provider.redirect_uri))
+                                      : std::nullopt)
+        .str("refresh_token_fingerprint", row.sealed.refresh_token_fp.value_or(""));
 
     event_record e = flight_event(d, f, row);
     e.attempt = attempt;
@@ -634,12 +642,12 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
         pe.token_version_after.reset();
         co_await append_event_now(d, pe);
         close_marker_later(d, marker_id, "in_doubt", steady::now() + window);
-        d.metrics.refresh_outcome(tname, "persist_failed");
+        d.metrics.refresh_outcome(tname, "persist_failed", f.tenant);
         f.persist_pending = false;
         throw write_pending_error();
       }
       f.settled = true;
-      if (newly_expiring) d.metrics.refresh_outcome(tname, "refresh_token_expiring");
+      if (newly_expiring) d.metrics.refresh_outcome(tname, "refresh_token_expiring", f.tenant);
       if (f.persist_pending.exchange(false)) {
         log::write(log::level::warn, "pending token set stored",
                    {{"tenant", row.tenant_id},
@@ -648,7 +656,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
                     {"new_refresh_token_fingerprint", w.sealed.refresh_token_fp.value_or("")}},
                    f.request_id);
       }
-      d.metrics.refresh_outcome(tname, usable ? "refreshed" : "provider_error");
+      d.metrics.refresh_outcome(tname, usable ? "refreshed" : "provider_error", f.tenant);
       if (!usable) {
         throw api_error(errc::provider_error,
                         "the provider returned no usable access token; its new refresh token was "
@@ -696,8 +704,8 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
                    {{"tenant", row.tenant_id}, {"connection", row.id}, {"reason", reason}},
                    f.request_id);
       }
-      d.metrics.reauth_required(reason);
-      d.metrics.refresh_outcome(tname, "invalid_grant");
+      d.metrics.reauth_required(reason, f.tenant);
+      d.metrics.refresh_outcome(tname, "invalid_grant", f.tenant);
       row.status = "needs_reauth";
       row.reauth_reason = reason;
       throw reauth_error(row);
@@ -731,7 +739,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
       } else {
         f.settled = true;
       }
-      d.metrics.refresh_outcome(tname, e.outcome);
+      d.metrics.refresh_outcome(tname, e.outcome, f.tenant);
       throw api_error(config ? errc::provider_config_error : errc::provider_error,
                       config ? "the provider rejected tokend's client configuration"
                              : "the provider answered with an error tokend cannot use");
@@ -746,7 +754,7 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     e.description = cls.description ? *cls.description : cls.summary;
     last_error = last_error_json(e.outcome, cls, reply.status, now);
     co_await append_event_now(d, e);
-    d.metrics.refresh_outcome(tname, e.outcome);
+    d.metrics.refresh_outcome(tname, e.outcome, f.tenant);
     if (!will_retry) break;
     co_await pause_for(delay);
   }

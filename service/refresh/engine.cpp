@@ -221,7 +221,8 @@ asio::awaitable<token_answer> engine::join_or_start(const caller& who,
     const int retry_after = r ? r->retry_after : 1;
     switch (policy::answer_for(fo, cs)) {
       case policy::caller_answer::serve:
-        co_return token_answer{cache::render_token(*r->conn, *r->access_token), false};
+        co_return token_answer{cache::render_token(*r->conn, *r->access_token), false, true,
+                               !started};
       case policy::caller_answer::serve_deferred: {
         std::optional<std::string> token = r ? r->access_token : std::nullopt;
         if (!token) {
@@ -338,6 +339,9 @@ asio::awaitable<void> engine::run_flight(std::shared_ptr<flight> f) {
                {{"tenant", f->tenant}, {"connection", f->id}, {"error", e.what()}}, f->request_id);
     result.error = api_error(errc::internal, "internal error");
   }
+  d_->metrics.refresh_duration(
+      detail::trigger_name(f->t),
+      std::chrono::duration<double>(steady::now() - f->started).count());
   // Drop this instance's entry before anyone is answered (the notification sent with the
   // change reaches the other instances).
   d_->caches.invalidate(cache::caches::token_key(f->tenant, f->id));

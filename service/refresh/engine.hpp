@@ -89,6 +89,8 @@ struct scheduled_report {
 struct token_answer {
   std::shared_ptr<const cache::cached_token> token;  // the token and its rendered reply
   bool deferred = false;  // a needed refresh failed transiently; the still-valid token is served
+  bool refreshed = false;  // served by a refresh flight (this caller's own unless `joined`)
+  bool joined = false;     // the flight was already running when this caller came
 };
 
 namespace detail {

@@ -104,7 +104,7 @@ boost::asio::awaitable<std::string> open_or_fail(const engine_deps& d, const cal
               {"key_id", c.sealed.key_id},
               {"token_version", c.token_version}},
              who.request_id);
-  d.metrics.refresh_outcome(trigger_name, "decrypt_failed");
+  d.metrics.refresh_outcome(trigger_name, "decrypt_failed", c.tenant_id);
   throw api_error(errc::decrypt_failed, "the stored token set cannot be decrypted");
 }
 

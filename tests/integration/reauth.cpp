@@ -915,3 +915,26 @@ TEST_CASE("webhooks: a dead grant sends reauth_required, the reconnect through i
   std::this_thread::sleep_for(500ms);
   CHECK(received().size() == 2);
 }
+
+TEST_CASE("metrics count reauth links created, opened and completed", "[reauth]") {
+  fake_rig rig(std::map<std::string, std::string>{{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}});
+  auto links_metric = [&](const std::string& event) {
+    const auto m = http_call(rig.t.metrics_address(), "GET", "/metrics").body;
+    return metric_value(m, "tokend_reauth_links_total{event=\"" + event + "\"}");
+  };
+  // Exported from the start: a missing series would fail here, not read as 0.
+  CHECK(links_metric("created") == 0);
+  CHECK(links_metric("opened") == 0);
+  CHECK(links_metric("completed") == 0);
+  rig.dead_connection("c1");
+  auto l = rig.create_link("c1");
+  CHECK(links_metric("created") == 1);
+  REQUIRE(rig.open(l["url"]).status == 200);
+  REQUIRE(rig.open(l["url"]).status == 200);  // a second view is not a second opening
+  CHECK(links_metric("opened") == 1);
+  const auto state = query_value(rig.press(l["url"]), "state");
+  REQUIRE(rig.callback("code=good&state=" + state).status == 200);
+  REQUIRE(rig.connection("c1")["status"] == "active");
+  CHECK(links_metric("completed") == 1);
+  CHECK(links_metric("created") == 1);
+}
