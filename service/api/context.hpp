@@ -27,6 +27,7 @@ class metrics;
 namespace tokend::api {
 
 class key_usage;
+class reader_audit;
 
 struct settings {
   std::string admin_token;
@@ -46,6 +47,7 @@ struct context {
   refresh::engine& engine;
   cache::caches& caches;
   observability::metrics& metrics;
+  reader_audit& readers;
 };
 
 }  // namespace tokend::api

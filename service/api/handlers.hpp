@@ -15,5 +15,6 @@ void register_connections(http::router& r, context& ctx);  // connections.cpp (+
 void register_tokens(http::router& r, context& ctx);       // tokens.cpp
 void register_reauth(http::router& r, context& ctx);  // reauth.cpp (links, settings)
 void register_webhooks(http::router& r, context& ctx);  // webhooks.cpp
+void register_stats(http::router& r, context& ctx);     // readers.cpp (stats, readers)
 
 }  // namespace tokend::api

@@ -5,6 +5,7 @@
 
 #include "api/auth.hpp"
 #include "api/handlers.hpp"
+#include "api/readers.hpp"
 #include "api/tx.hpp"
 #include "cache/caches.hpp"
 #include "core/validate.hpp"
@@ -42,14 +43,18 @@ observability::token_result result_of(const refresh::token_answer& a) {
   return a.refreshed ? token_result::refreshed : token_result::fresh;
 }
 
-// Counts the request's result (tokend_token_requests_total) whatever it ends as.
+// Counts the request's result (tokend_token_requests_total) whatever it ends as, and notes the
+// key that read the token (reader audit: in memory, no write on this path).
 template <class F>
-asio::awaitable<http::response> counted(context& ctx, F answer) {
+asio::awaitable<http::response> counted(context& ctx, const principal& who, const std::string& id,
+                                        F answer) {
   using observability::token_result;
   try {
     auto a = co_await answer();
     ctx.metrics.token_request(result_of(a));
-    co_return token_reply(a, ctx.clock.now());
+    const auto now = ctx.clock.now();
+    ctx.readers.note(who.key->key_id, who.tenant_id(), id, now);
+    co_return token_reply(a, now);
   } catch (const api_error& e) {
     ctx.metrics.token_request(e.code() == errc::reauth_required ? token_result::reauth_required
                                                                 : token_result::error);
@@ -68,7 +73,7 @@ asio::awaitable<http::response> get_token(context& ctx, http::request& req) {
   // A named caller: g++ 12 mishandles brace-initialized temporaries bound to reference
   // parameters of a coroutine inside co_await (the temporary is destroyed twice).
   const refresh::caller c{who.tenant_id(), req.request_id, req.deadline};
-  co_return co_await counted(ctx, [&] { return ctx.engine.get(c, id, min_ttl); });
+  co_return co_await counted(ctx, who, id, [&] { return ctx.engine.get(c, id, min_ttl); });
 }
 
 asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
@@ -80,7 +85,8 @@ asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
   body.finish();
   if (if_version) ctx.metrics.conditional_refresh();  // the caller got a 401 from the provider
   const refresh::caller c{who.tenant_id(), req.request_id, req.deadline};
-  co_return co_await counted(ctx, [&] { return ctx.engine.refresh(c, id, if_version); });
+  co_return co_await counted(ctx, who, id,
+                             [&] { return ctx.engine.refresh(c, id, if_version); });
 }
 
 }  // namespace

@@ -256,6 +256,8 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
                  duration("TOKEND_METRICS_STATUS_INTERVAL", milliseconds(100), hours(1),
                           c.metrics_status_interval),
                  integer("TOKEND_METRICS_TENANT_LIMIT", 0, 100000, c.metrics_tenant_limit),
+                 duration("TOKEND_READERS_FLUSH_INTERVAL", milliseconds(100), hours(1),
+                          c.readers_flush_interval),
                  integer("TOKEND_WEBHOOK_TENANT_CONCURRENCY", 1, 1000,
                          c.webhook_tenant_concurrency)}) {
     if (e) return {std::nullopt, *e};

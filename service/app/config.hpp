@@ -34,6 +34,7 @@ struct config {
   // per-tenant counters (the rest are "other").
   std::chrono::milliseconds metrics_status_interval{30000};
   std::size_t metrics_tenant_limit = 200;
+  std::chrono::milliseconds readers_flush_interval{60000};  // reader audit -> PostgreSQL
   unsigned threads = 1;
   unsigned db_pool_size = 8;
   unsigned refresh_pool_size = 16;

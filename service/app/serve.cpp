@@ -17,6 +17,7 @@
 #include "api/context.hpp"
 #include "api/handlers.hpp"
 #include "api/ops.hpp"
+#include "api/readers.hpp"
 #include "cache/caches.hpp"
 #include "crypto/crypto.hpp"
 #include "http/router.hpp"
@@ -85,6 +86,7 @@ int serve(const config& c) {
                              .public_url = c.public_url,
                              .keepalive_margin = c.keepalive_margin};
   api::key_usage usage;
+  api::reader_audit readers;
   const wall_clock clock;
   cache::caches caches({.enabled = c.cache,
                         .token_capacity = c.token_cache_size,
@@ -120,7 +122,7 @@ int serve(const config& c) {
                           .keepalive_margin = c.keepalive_margin,
                           .test_lose_commit_ack = c.test_lose_commit_ack},
                          db, refresh_db, keys, outbound, metrics, clock, caches);
-  api::context ctx{api_settings, db, keys, usage, clock, engine, caches, metrics};
+  api::context ctx{api_settings, db, keys, usage, clock, engine, caches, metrics, readers};
   // Browser-facing reauthorization (connect pages, OAuth callback): no API key.
   reauth::flows reauth_flows(ioc.get_executor(),
                              {.public_url = c.public_url,
@@ -141,6 +143,7 @@ int serve(const config& c) {
   api::register_tokens(api_routes, ctx);
   api::register_reauth(api_routes, ctx);
   api::register_webhooks(api_routes, ctx);
+  api::register_stats(api_routes, ctx);
   reauth_flows.register_routes(api_routes);
   http::server api_server(ioc, opts, api_routes, access_log(metrics));
 
@@ -215,6 +218,21 @@ int serve(const config& c) {
       },
       asio::detached);
 
+  // Background: the reader audit, every TOKEND_READERS_FLUSH_INTERVAL (and at shutdown).
+  asio::steady_timer readers_timer(ioc);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        for (;;) {
+          readers_timer.expires_after(c.readers_flush_interval);
+          boost::system::error_code ec;
+          co_await readers_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+          if (ec) co_return;  // cancelled at shutdown, which flushes last
+          co_await readers.flush(ctx);
+        }
+      },
+      asio::detached);
+
   // Background: connections by status (all tenants, all instances) for the gauge, from SQL.
   asio::steady_timer status_timer(ioc);
   asio::co_spawn(
@@ -275,7 +293,9 @@ int serve(const config& c) {
           }
           usage_timer.cancel();
           status_timer.cancel();
+          readers_timer.cancel();
           co_await usage.flush(ctx);
+          co_await readers.flush(ctx);
           api_server.close_all();
           if (metrics_server) metrics_server->close_all();
           ioc.stop();
