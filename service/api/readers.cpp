@@ -109,8 +109,8 @@ asio::awaitable<void> reader_audit::flush(context& ctx) {
   batch.reserve(all.size());
   for (const auto& [k, r] : all) {
     const auto a = k.find('\n'), b = k.find('\n', a + 1);
-    batch.push_back({k.substr(a + 1, b - a - 1), k.substr(b + 1), k.substr(0, a), r.n, r.first,
-                     r.last});
+    batch.push_back(
+        {k.substr(a + 1, b - a - 1), k.substr(b + 1), k.substr(0, a), r.n, r.first, r.last});
   }
   try {
     co_await ctx.db.run(
@@ -149,12 +149,12 @@ asio::awaitable<http::response> get_stats(context& ctx, http::request& req) {
     return store::get_tenant_stats(tx, who.tenant_id());
   });
   co_return json_reply(
-      200, {{"connections", {{"active", s.active}, {"needs_reauth", s.needs_reauth}}},
-            {"refreshes",
-             {{"last_hour", counts_view(s.last_hour)}, {"last_day", counts_view(s.last_day)}}},
-            {"reauth",
-             {{"links_created", s.links_created}, {"links_completed", s.links_completed}}},
-            {"refresh_tokens_expiring_within_7d", s.refresh_tokens_expiring_within_7d}});
+      200,
+      {{"connections", {{"active", s.active}, {"needs_reauth", s.needs_reauth}}},
+       {"refreshes",
+        {{"last_hour", counts_view(s.last_hour)}, {"last_day", counts_view(s.last_day)}}},
+       {"reauth", {{"links_created", s.links_created}, {"links_completed", s.links_completed}}},
+       {"refresh_tokens_expiring_within_7d", s.refresh_tokens_expiring_within_7d}});
 }
 
 asio::awaitable<http::response> list_readers(context& ctx, http::request& req) {

@@ -53,7 +53,7 @@ asio::awaitable<http::response> counted(context& ctx, const principal& who, cons
     auto a = co_await answer();
     ctx.metrics.token_request(result_of(a));
     const auto now = ctx.clock.now();
-    ctx.readers.note(who.key->key_id, who.tenant_id(), id, now);
+    if (ctx.cfg.reader_audit) ctx.readers.note(who.key->key_id, who.tenant_id(), id, now);
     co_return token_reply(a, now);
   } catch (const api_error& e) {
     ctx.metrics.token_request(e.code() == errc::reauth_required ? token_result::reauth_required

@@ -258,6 +258,7 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
                  integer("TOKEND_METRICS_TENANT_LIMIT", 0, 100000, c.metrics_tenant_limit),
                  duration("TOKEND_READERS_FLUSH_INTERVAL", milliseconds(100), hours(1),
                           c.readers_flush_interval),
+                 on_off("TOKEND_READER_AUDIT", c.reader_audit),
                  integer("TOKEND_WEBHOOK_TENANT_CONCURRENCY", 1, 1000,
                          c.webhook_tenant_concurrency)}) {
     if (e) return {std::nullopt, *e};

@@ -35,6 +35,7 @@ struct config {
   std::chrono::milliseconds metrics_status_interval{30000};
   std::size_t metrics_tenant_limit = 200;
   std::chrono::milliseconds readers_flush_interval{60000};  // reader audit -> PostgreSQL
+  bool reader_audit = true;  // off: GET /v1/connections/{c}/readers stays empty (cost measurement)
   unsigned threads = 1;
   unsigned db_pool_size = 8;
   unsigned refresh_pool_size = 16;

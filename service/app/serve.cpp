@@ -83,6 +83,7 @@ int serve(const config& c) {
                              .environment = c.environment,
                              .instance_id = c.instance_id,
                              .allow_insecure_provider_urls = c.allow_insecure_provider_urls,
+                             .reader_audit = c.reader_audit,
                              .public_url = c.public_url,
                              .keepalive_margin = c.keepalive_margin};
   api::key_usage usage;
@@ -240,19 +241,29 @@ int serve(const config& c) {
       [&]() -> asio::awaitable<void> {
         for (;;) {
           try {
+            struct counts_t {
+              std::map<std::string, double> by_status{{"active", 0}, {"needs_reauth", 0}};
+              double expiring = 0;
+            };
             auto counts = co_await db.run(
                 std::chrono::steady_clock::now() + std::chrono::seconds(10),
                 [](pqxx::connection_base& conn) {
                   pqxx::read_transaction tx(conn);
-                  std::map<std::string, double> out{{"active", 0}, {"needs_reauth", 0}};
+                  counts_t out;
                   for (const auto& row :
                        tx.exec("SELECT status, count(*) FROM connections GROUP BY status")) {
-                    out[row[0].as<std::string>()] = row[1].as<double>();
+                    out.by_status[row[0].as<std::string>()] = row[1].as<double>();
                   }
+                  out.expiring =
+                      tx.exec1("SELECT count(*) FROM connections WHERE status = 'active' AND "
+                               "refresh_token_expiring AND refresh_expires_at < now() + "
+                               "interval '7 days'")[0]
+                          .as<double>();
                   return out;
                 },
                 store::origin::background);
-            for (const auto& [status, n] : counts) metrics.connections(status).Set(n);
+            for (const auto& [status, n] : counts.by_status) metrics.connections(status).Set(n);
+            metrics.refresh_tokens_expiring().Set(counts.expiring);
           } catch (const std::exception& e) {
             log::write(log::level::warn, "connection status count failed", {{"error", e.what()}});
           }

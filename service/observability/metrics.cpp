@@ -5,6 +5,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
@@ -19,16 +20,32 @@ const prometheus::Histogram::BucketBoundaries kLagBuckets = {0.1, 0.25, 0.5, 1, 
 // Webhook latency: retries can stretch it to the 24 h retry window.
 const prometheus::Histogram::BucketBoundaries kHookBuckets = {
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400};
-const prometheus::Histogram::BucketBoundaries kRefreshBuckets = {
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+const prometheus::Histogram::BucketBoundaries kRefreshBuckets = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                                 1,    2.5,   5,    10,  30,   60};
 constexpr const char* kTokenResults[] = {"fresh",    "refreshed",       "joined",
                                          "deferred", "reauth_required", "error"};
 constexpr const char* kTriggers[] = {"on_demand", "forced", "conditional", "scheduled"};
 
+const char* type_name(prometheus::MetricType t) {
+  switch (t) {
+    case prometheus::MetricType::Counter:
+      return "counter";
+    case prometheus::MetricType::Gauge:
+      return "gauge";
+    case prometheus::MetricType::Summary:
+      return "summary";
+    case prometheus::MetricType::Histogram:
+      return "histogram";
+    case prometheus::MetricType::Untyped:
+      break;
+  }
+  return "untyped";
+}
+
 bool is_failure(std::string_view outcome) {
   return outcome == "transient" || outcome == "in_doubt" || outcome == "invalid_grant" ||
-         outcome == "config_error" || outcome == "provider_error" ||
-         outcome == "persist_failed" || outcome == "decrypt_failed";
+         outcome == "config_error" || outcome == "provider_error" || outcome == "persist_failed" ||
+         outcome == "decrypt_failed";
 }
 
 const char* status_class(int status) {
@@ -50,6 +67,21 @@ struct metrics::impl {
   std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>>
       request_series;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  // Families whose labels are known only at run time (a tenant, a provider, a route): they
+  // have no series before their first observation, so serialize() announces them itself.
+  struct announced_family {
+    std::string name, help;
+    prometheus::MetricType type;
+  };
+  std::vector<announced_family> announced;
+  prometheus::Family<prometheus::Counter>& dynamic_counter(const char* name, const char* help) {
+    announced.push_back({name, help, prometheus::MetricType::Counter});
+    return prometheus::BuildCounter().Name(name).Help(help).Register(*registry);
+  }
+  prometheus::Family<prometheus::Histogram>& dynamic_histogram(const char* name, const char* help) {
+    announced.push_back({name, help, prometheus::MetricType::Histogram});
+    return prometheus::BuildHistogram().Name(name).Help(help).Register(*registry);
+  }
   // Tenants with a label of their own on the per-tenant counters; the rest are "other".
   std::size_t tenant_limit = 200;
   std::mutex tenants_mu;
@@ -76,35 +108,37 @@ struct metrics::impl {
   prometheus::Family<prometheus::Counter>& conditional =
       prometheus::BuildCounter()
           .Name("tokend_conditional_refreshes_total")
-          .Help("POST /v1/tokens/{c}/refresh with if_token_version: a caller got a 401 from the "
-                "provider API")
+          .Help(
+              "POST /v1/tokens/{c}/refresh with if_token_version: a caller got a 401 from the "
+              "provider API")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& provider_responses =
-      prometheus::BuildCounter()
-          .Name("tokend_provider_responses_total")
-          .Help("Token-endpoint answers by provider and status class (none: no answer)")
-          .Register(*registry);
+      dynamic_counter("tokend_provider_responses_total",
+                      "Token-endpoint answers by provider and status class (none: no answer)");
   prometheus::Family<prometheus::Histogram>& refresh_duration =
       prometheus::BuildHistogram()
           .Name("tokend_refresh_duration_seconds")
           .Help("Refresh flights from start to result (lock, provider call, write), by trigger")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& invalid_grant =
-      prometheus::BuildCounter()
-          .Name("tokend_invalid_grant_total")
-          .Help("Grants found dead (needs_reauth) by tenant and reason; tenants beyond "
-                "TOKEND_METRICS_TENANT_LIMIT are counted as tenant=\"other\"")
-          .Register(*registry);
-  prometheus::Family<prometheus::Counter>& refresh_failures =
-      prometheus::BuildCounter()
-          .Name("tokend_refresh_failures_total")
-          .Help("Failed refresh outcomes by tenant and outcome (transient, in_doubt, "
-                "invalid_grant, config_error, provider_error, persist_failed, decrypt_failed)")
-          .Register(*registry);
+      dynamic_counter("tokend_invalid_grant_total",
+                      "Grants found dead (needs_reauth) by tenant and reason; tenants beyond "
+                      "TOKEND_METRICS_TENANT_LIMIT are counted as tenant=\"other\"");
+  prometheus::Family<prometheus::Counter>& refresh_failures = dynamic_counter(
+      "tokend_refresh_failures_total",
+      "Failed refresh outcomes by tenant and outcome (transient, in_doubt, "
+      "invalid_grant, config_error, provider_error, persist_failed, decrypt_failed)");
   prometheus::Family<prometheus::Counter>& reauth_links =
       prometheus::BuildCounter()
           .Name("tokend_reauth_links_total")
           .Help("Reauthorization and connect links by event (created, opened, completed)")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& expiring =
+      prometheus::BuildGauge()
+          .Name("tokend_refresh_tokens_expiring")
+          .Help(
+              "Active connections whose refresh token expires within 7 days and was not "
+              "renewed by a keep-alive refresh: they need reauthorization before then")
           .Register(*registry);
   prometheus::Family<prometheus::Gauge>& connections =
       prometheus::BuildGauge()
@@ -114,22 +148,17 @@ struct metrics::impl {
   // The log writer counts its drops itself; the counter catches up at every scrape.
   prometheus::Counter& log_dropped = prometheus::BuildCounter()
                                          .Name("tokend_log_lines_dropped_total")
-                                         .Help("Log lines dropped because the writer's queue "
-                                               "was full (never warn or above)")
+                                         .Help(
+                                             "Log lines dropped because the writer's queue "
+                                             "was full (never warn or above)")
                                          .Register(*registry)
                                          .Add({});
   std::mutex log_dropped_mu;
   std::uint64_t log_dropped_seen = 0;
-  prometheus::Family<prometheus::Counter>& requests =
-      prometheus::BuildCounter()
-          .Name("tokend_http_requests_total")
-          .Help("HTTP requests by method, route template and status")
-          .Register(*registry);
-  prometheus::Family<prometheus::Histogram>& duration =
-      prometheus::BuildHistogram()
-          .Name("tokend_http_request_duration_seconds")
-          .Help("HTTP request duration by route template")
-          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& requests = dynamic_counter(
+      "tokend_http_requests_total", "HTTP requests by method, route template and status");
+  prometheus::Family<prometheus::Histogram>& duration = dynamic_histogram(
+      "tokend_http_request_duration_seconds", "HTTP request duration by route template");
   prometheus::Family<prometheus::Gauge>& in_use = prometheus::BuildGauge()
                                                       .Name("tokend_db_pool_in_use")
                                                       .Help("Leased database connections")
@@ -153,11 +182,8 @@ struct metrics::impl {
           .Name("tokend_refresh_total")
           .Help("Refresh flights and provider calls by trigger and outcome")
           .Register(*registry);
-  prometheus::Family<prometheus::Histogram>& provider_latency =
-      prometheus::BuildHistogram()
-          .Name("tokend_provider_call_duration_seconds")
-          .Help("Duration of token-endpoint calls")
-          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& provider_latency = dynamic_histogram(
+      "tokend_provider_call_duration_seconds", "Duration of token-endpoint calls");
   prometheus::Family<prometheus::Counter>& joined =
       prometheus::BuildCounter()
           .Name("tokend_refresh_joined_total")
@@ -240,12 +266,9 @@ struct metrics::impl {
               "refresh")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& sched_outcomes =
-      prometheus::BuildCounter()
-          .Name("tokend_scheduler_refreshes_total")
-          .Help(
-              "Scheduled refreshes by provider and outcome (refreshed, not_due, transient, "
-              "deferred, or the error code)")
-          .Register(*registry);
+      dynamic_counter("tokend_scheduler_refreshes_total",
+                      "Scheduled refreshes by provider and outcome (refreshed, not_due, transient, "
+                      "deferred, or the error code)");
   prometheus::Family<prometheus::Counter>& hook_attempts =
       prometheus::BuildCounter()
           .Name("tokend_webhook_deliveries_total")
@@ -285,9 +308,18 @@ metrics::metrics(std::size_t tenant_limit) : impl_(std::make_unique<impl>()) {
   for (std::size_t i = 0; i < std::size(kTokenResults); ++i)
     impl_->token_results[i] = &impl_->token_requests.Add({{"result", kTokenResults[i]}});
   impl_->conditional.Add({});
-  for (const char* t : kTriggers) impl_->refresh_duration.Add({{"trigger", t}}, kRefreshBuckets);
+  for (const char* t : kTriggers) {
+    impl_->refresh_duration.Add({{"trigger", t}}, kRefreshBuckets);
+    // Zero series for every outcome, so rates and ratios over them read 0, not "missing".
+    for (const char* o :
+         {"refreshed", "deferred", "transient", "in_doubt", "invalid_grant", "config_error",
+          "provider_error", "persist_failed", "decrypt_failed", "refresh_token_expiring"}) {
+      impl_->refreshes.Add({{"trigger", t}, {"outcome", o}});
+    }
+  }
   for (const char* e : {"created", "opened", "completed"}) impl_->reauth_links.Add({{"event", e}});
   for (const char* st : {"active", "needs_reauth"}) impl_->connections.Add({{"status", st}}).Set(0);
+  impl_->expiring.Add({}).Set(0);
   // Label-less series exist from the start, so a scrape (and an alert) never mistakes "not
   // yet observed" for "missing".
   impl_->reconnects.Add({});
@@ -410,6 +442,8 @@ void metrics::reauth_link(std::string_view event) {
   impl_->reauth_links.Add({{"event", std::string(event)}}).Increment();
 }
 
+prometheus::Gauge& metrics::refresh_tokens_expiring() { return impl_->expiring.Add({}); }
+
 prometheus::Gauge& metrics::connections(std::string_view status) {
   return impl_->connections.Add({{"status", std::string(status)}});
 }
@@ -481,7 +515,27 @@ std::string metrics::serialize() const {
       impl_->log_dropped_seen = now;
     }
   }
-  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+  const auto families = impl_->registry->Collect();
+  auto out = prometheus::TextSerializer().Serialize(families);
+  // Families with no series yet are left out by the serializer: announce them (every family
+  // exists from the start).
+  for (const auto& a : impl_->announced) {
+    const bool present = std::any_of(families.begin(), families.end(),
+                                     [&](const auto& f) { return f.name == a.name; });
+    if (present) continue;
+    std::string help;
+    for (char ch : a.help) {
+      if (ch == '\\') {
+        help += "\\\\";
+      } else if (ch == '\n') {
+        help += "\\n";
+      } else {
+        help += ch;
+      }
+    }
+    out += "# HELP " + a.name + " " + help + "\n# TYPE " + a.name + " " + type_name(a.type) + "\n";
+  }
+  return out;
 }
 
 }  // namespace tokend::observability

@@ -50,6 +50,9 @@ class metrics {
   void reauth_link(std::string_view event);
   // Connections by status across all instances (from SQL every 30 s).
   prometheus::Gauge& connections(std::string_view status);
+  // Active connections whose refresh token expires within 7 days and was not renewed by a
+  // keep-alive refresh (refresh_token_expiring), all tenants (from SQL with the above).
+  prometheus::Gauge& refresh_tokens_expiring();
   void refresh_joined();
   // A refresh that waited for a slot until its deadline (reason: tenant_share, provider_cap,
   // pool, rate).

@@ -67,9 +67,9 @@ TEST_CASE("a full log queue drops info lines, counts them, and never drops a war
   for (int i = 0; i < rounds; ++i) {
     REQUIRE(import_connection(t, key, "c" + std::to_string(i), "fk", "at", "rt") == 201);
   }
-  token.control("POST", "/control/script",
-                {{"steps", {{{"status", 400}, {"json", {{"error", "invalid_grant"}}},
-                             {"repeat", 1000}}}}});
+  token.control(
+      "POST", "/control/script",
+      {{"steps", {{{"status", 400}, {"json", {{"error", "invalid_grant"}}}, {"repeat", 1000}}}}});
   // Each round: a burst of access-log lines (info), then one refresh that ends in
   // invalid_grant, whose token-endpoint line is a warning, logged while the queue is full.
   for (int i = 0; i < rounds; ++i) {

@@ -4,8 +4,8 @@
 #include <catch2/catch.hpp>
 #include <future>
 #include <map>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "support/fixtures.hpp"
 
@@ -49,10 +49,13 @@ TEST_CASE("metrics after a scripted scenario equal what happened", "[observabili
   CHECK(s.metric("tokend_refresh_duration_seconds_count{trigger=\"on_demand\"}") == 0);
 
   // 1. Two expired connections refreshed on demand, then each served fresh twice.
-  for (const char* id : {"c1", "c2"}) REQUIRE(import_connection(s.t, s.key, id, "fk", "a", "r") == 201);
-  for (const char* id : {"c1", "c2"}) REQUIRE(s.t.call("GET", std::string("/v1/tokens/") + id, s.key).status == 200);
+  for (const char* id : {"c1", "c2"})
+    REQUIRE(import_connection(s.t, s.key, id, "fk", "a", "r") == 201);
+  for (const char* id : {"c1", "c2"})
+    REQUIRE(s.t.call("GET", std::string("/v1/tokens/") + id, s.key).status == 200);
   for (int i = 0; i < 2; ++i)
-    for (const char* id : {"c1", "c2"}) REQUIRE(s.t.call("GET", std::string("/v1/tokens/") + id, s.key).status == 200);
+    for (const char* id : {"c1", "c2"})
+      REQUIRE(s.t.call("GET", std::string("/v1/tokens/") + id, s.key).status == 200);
   REQUIRE(s.provider_calls() == 2);
 
   // 2. Five callers at once on an expired connection, the provider slow: one refresh, four join.
@@ -60,9 +63,8 @@ TEST_CASE("metrics after a scripted scenario equal what happened", "[observabili
   s.token.control("POST", "/control/script", {{"steps", {{{"delay_ms", 700}}}}});
   std::vector<std::future<int>> callers;
   for (int i = 0; i < 5; ++i) {
-    callers.push_back(std::async(std::launch::async, [&] {
-      return s.t.call("GET", "/v1/tokens/c3", s.key).status;
-    }));
+    callers.push_back(std::async(std::launch::async,
+                                 [&] { return s.t.call("GET", "/v1/tokens/c3", s.key).status; }));
   }
   for (auto& c : callers) REQUIRE(c.get() == 200);
   REQUIRE(s.provider_calls() == 3);  // precondition: the five shared one call
@@ -76,8 +78,9 @@ TEST_CASE("metrics after a scripted scenario equal what happened", "[observabili
   // 4. One deferred: issued for 3600 s with 200 s left (under min(300, 1800)), the provider
   // down: up to 3 attempts, then the still-valid token with refresh_deferred.
   REQUIRE(import_connection(s.t, s.key, "c4", "fk", "a", "r", 3600) == 201);
-  s.db.exec({"UPDATE connections SET access_expires_at = now() + interval '200 seconds' "
-             "WHERE id = 'c4'"});
+  s.db.exec(
+      {"UPDATE connections SET access_expires_at = now() + interval '200 seconds' "
+       "WHERE id = 'c4'"});
   s.token.control("POST", "/control/script", {{"steps", {{{"status", 503}, {"repeat", 3}}}}});
   auto deferred = s.t.call("GET", "/v1/tokens/c4", s.key);
   REQUIRE(deferred.status == 200);
@@ -114,8 +117,8 @@ TEST_CASE("metrics after a scripted scenario equal what happened", "[observabili
   // Flights: c1, c2, c3, the conditional, c4, c5.
   CHECK(s.metric("tokend_refresh_duration_seconds_count{trigger=\"on_demand\"}") == 5);
   CHECK(s.metric("tokend_refresh_duration_seconds_count{trigger=\"conditional\"}") == 1);
-  REQUIRE(eventually(
-      [&] { return s.metric("tokend_connections{status=\"needs_reauth\"}") == 1; }, 5s));
+  REQUIRE(
+      eventually([&] { return s.metric("tokend_connections{status=\"needs_reauth\"}") == 1; }, 5s));
   CHECK(s.metric("tokend_connections{status=\"active\"}") == 4);
 }
 
@@ -173,12 +176,13 @@ TEST_CASE("stats match the events table after a scenario, on two instances alike
                 .status == 201);
   }
   // Events older than the hour and than the day: the windows are real.
-  s.db.exec({"INSERT INTO connection_events (tenant_id, connection_id, connection_row_id, at,"
-             " trigger, outcome) SELECT tenant_id, id, row_id, now() - interval '2 hours',"
-             " 'on_demand', 'refreshed' FROM connections WHERE id = 'c1'",
-             "INSERT INTO connection_events (tenant_id, connection_id, connection_row_id, at,"
-             " trigger, outcome) SELECT tenant_id, id, row_id, now() - interval '25 hours',"
-             " 'on_demand', 'refreshed' FROM connections WHERE id = 'c1'"});
+  s.db.exec(
+      {"INSERT INTO connection_events (tenant_id, connection_id, connection_row_id, at,"
+       " trigger, outcome) SELECT tenant_id, id, row_id, now() - interval '2 hours',"
+       " 'on_demand', 'refreshed' FROM connections WHERE id = 'c1'",
+       "INSERT INTO connection_events (tenant_id, connection_id, connection_row_id, at,"
+       " trigger, outcome) SELECT tenant_id, id, row_id, now() - interval '25 hours',"
+       " 'on_demand', 'refreshed' FROM connections WHERE id = 'c1'"});
   // Another tenant's activity is not counted.
   auto globex = s.t.tenant_key("globex");
   put_provider(s.t, globex, "fk", s.token.url("/token"));
@@ -192,10 +196,11 @@ TEST_CASE("stats match the events table after a scenario, on two instances alike
                                 {"provider_error", 1}};
   json expected_day = expected_window;
   expected_day["ok"] = 2;
-  const json expected = {{"connections", {{"active", 6}, {"needs_reauth", 1}}},
-                         {"refreshes", {{"last_hour", expected_window}, {"last_day", expected_day}}},
-                         {"reauth", {{"links_created", 0}, {"links_completed", 0}}},
-                         {"refresh_tokens_expiring_within_7d", 1}};
+  const json expected = {
+      {"connections", {{"active", 6}, {"needs_reauth", 1}}},
+      {"refreshes", {{"last_hour", expected_window}, {"last_day", expected_day}}},
+      {"reauth", {{"links_created", 0}, {"links_completed", 0}}},
+      {"refresh_tokens_expiring_within_7d", 1}};
   for (const auto* inst : {&s.t, &b}) {
     auto r = inst->call("GET", "/v1/stats", s.key);
     INFO(r.body);
@@ -206,6 +211,11 @@ TEST_CASE("stats match the events table after a scenario, on two instances alike
   CHECK(s.db.query_int("SELECT count(*) FROM connection_events WHERE tenant_id = 'acme' AND "
                        "outcome = 'transient' AND at > now() - interval '1 hour'") ==
         transient_calls);
+  // The gauge behind the expiring-refresh-token alert: flagged by a keep-alive refresh that
+  // did not renew it, and within 7 days (c7, flagged too, has 30 days left).
+  CHECK(s.metric("tokend_refresh_tokens_expiring") == 0);
+  s.db.exec({"UPDATE connections SET refresh_token_expiring = true WHERE id IN ('c6', 'c7')"});
+  CHECK(eventually([&] { return s.metric("tokend_refresh_tokens_expiring") == 1; }, 5s));
   // Scope and authentication.
   auto writer_only = s.t.tenant_key("acme", {"connections:write"});
   CHECK(s.t.call("GET", "/v1/stats", writer_only).status == 403);

@@ -19,12 +19,31 @@ TEST_CASE("every token-endpoint log line of the suite is valid JSON with all the
   const char* dir = std::getenv("TOKEND_TEST_LOG_DIR");
   REQUIRE(dir != nullptr);
   REQUIRE(std::filesystem::is_directory(dir));
-  static const char* const kFields[] = {
-      "ts",          "level",         "msg",          "instance",          "environment",
-      "request_id",  "tenant",        "connection",   "provider",          "endpoint",
-      "grant_type",  "trigger",       "http_status",  "oauth_error",       "error_description",
-      "outcome",     "token_age_s",   "token_version", "attempt",          "backoff_ms",
-      "reauth_escalated", "queue_latency_ms", "duration_ms", "client_id_hash", "redirect_uri_hash"};
+  static const char* const kFields[] = {"ts",
+                                        "level",
+                                        "msg",
+                                        "instance",
+                                        "environment",
+                                        "request_id",
+                                        "tenant",
+                                        "connection",
+                                        "provider",
+                                        "endpoint",
+                                        "grant_type",
+                                        "trigger",
+                                        "http_status",
+                                        "oauth_error",
+                                        "error_description",
+                                        "outcome",
+                                        "token_age_s",
+                                        "token_version",
+                                        "attempt",
+                                        "backoff_ms",
+                                        "reauth_escalated",
+                                        "queue_latency_ms",
+                                        "duration_ms",
+                                        "client_id_hash",
+                                        "redirect_uri_hash"};
   const std::regex hash(R"(sha256:[0-9a-f]{16})");
   std::size_t files = 0, json_lines = 0, endpoint_lines = 0;
   std::set<std::string> grant_types, outcomes;
