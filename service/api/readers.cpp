@@ -54,6 +54,10 @@ struct reader_audit::shard {
   std::mutex mu;  // the owning thread's, except while flush() takes the map
   reads_map map;
   std::string scratch;  // the lookup key, reused: no allocation once a pair is known
+  // The entry of the previous note: a caller reading the same token again skips the hash
+  // lookup. Node addresses survive rehashing; flush() clears it with the map.
+  std::string last_key;
+  reads* last = nullptr;
 };
 
 reader_audit::reader_audit()
@@ -82,13 +86,16 @@ void reader_audit::note(const std::string& key_id, const std::string& tenant,
   auto& s = local();
   std::lock_guard lk(s.mu);
   make_key(s.scratch, key_id, tenant, connection);
-  auto it = s.map.find(std::string_view(s.scratch));
-  if (it == s.map.end()) {
-    s.map.emplace(s.scratch, reads{1, at, at});
-    return;
+  reads* r = s.last;
+  if (!r || s.scratch != s.last_key) {
+    auto it = s.map.find(std::string_view(s.scratch));
+    if (it == s.map.end()) it = s.map.emplace(s.scratch, reads{0, at, at}).first;
+    r = &it->second;
+    s.last = r;
+    s.last_key = s.scratch;
   }
-  ++it->second.n;
-  if (at > it->second.last) it->second.last = at;
+  ++r->n;
+  if (at > r->last) r->last = at;
 }
 
 asio::awaitable<void> reader_audit::flush(context& ctx) {
@@ -100,6 +107,7 @@ asio::awaitable<void> reader_audit::flush(context& ctx) {
       {
         std::lock_guard slk(s->mu);
         taken.swap(s->map);
+        s->last = nullptr;
       }
       for (const auto& [k, r] : taken) merge(all, k, r);
     }
