@@ -1,7 +1,7 @@
 -- GET /v1/stats counts a tenant's refresh events of the last hour and day: an index on
 -- (tenant_id, at) with the outcome keeps that an index-only range scan of one tenant's recent
 -- events, however large the table grows.
-CREATE INDEX connection_events_stats ON connection_events (tenant_id, at, outcome);
+CREATE INDEX IF NOT EXISTS connection_events_stats ON connection_events (tenant_id, at, outcome);
 
 -- Which API keys read a connection's token (GET /v1/connections/{c}/readers). Aggregated in
 -- memory per (key, connection) and merged here in batches; rows go with their connection.

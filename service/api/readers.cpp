@@ -99,6 +99,11 @@ void reader_audit::note(const std::string& key_id, const std::string& tenant,
 }
 
 asio::awaitable<void> reader_audit::flush(context& ctx) {
+  if (flushing_.exchange(true)) co_return;
+  struct done_t {
+    std::atomic<bool>& f;
+    ~done_t() { f.store(false); }
+  } done{flushing_};
   reads_map all;
   {
     std::lock_guard lk(shards_mu_);

@@ -1,5 +1,6 @@
 #include "app/serve.hpp"
 
+#include <prometheus/gauge.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -10,7 +11,6 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
-#include <prometheus/gauge.h>
 #include <thread>
 
 #include "api/auth.hpp"
@@ -255,9 +255,10 @@ int serve(const config& c) {
                     out.by_status[row[0].as<std::string>()] = row[1].as<double>();
                   }
                   out.expiring =
-                      tx.exec1("SELECT count(*) FROM connections WHERE status = 'active' AND "
-                               "refresh_token_expiring AND refresh_expires_at < now() + "
-                               "interval '7 days'")[0]
+                      tx.exec1(
+                            "SELECT count(*) FROM connections WHERE status = 'active' AND "
+                            "refresh_token_expiring AND refresh_expires_at > now() AND "
+                            "refresh_expires_at < now() + interval '7 days'")[0]
                           .as<double>();
                   return out;
                 },
@@ -306,6 +307,12 @@ int serve(const config& c) {
           status_timer.cancel();
           readers_timer.cancel();
           co_await usage.flush(ctx);
+          // A periodic flush still writing holds its batch: let it land, then write the rest.
+          while (readers.flushing() &&
+                 std::chrono::steady_clock::now() < deadline + std::chrono::seconds(30)) {
+            t.expires_after(std::chrono::milliseconds(20));
+            co_await t.async_wait(asio::use_awaitable);
+          }
           co_await readers.flush(ctx);
           api_server.close_all();
           if (metrics_server) metrics_server->close_all();

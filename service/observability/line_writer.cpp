@@ -28,11 +28,12 @@ struct line_writer::impl {
   const std::size_t capacity;
   const std::chrono::milliseconds interval;
 
-  std::mutex mu;  // guards batch, lines, urgent, running
+  std::mutex mu;  // guards batch, lines, urgent, early, running
   std::condition_variable cv;
   std::string batch;
   std::size_t lines = 0;
-  bool urgent = false;
+  bool urgent = false;  // a warn+ line is queued: write now
+  bool early = false;   // the queue is half full: write now rather than at the tick
   bool running = true;
 
   std::mutex write_mu;  // one write(2) of whole lines at a time: lines never interleave
@@ -57,10 +58,11 @@ struct line_writer::impl {
       bool last = false;
       {
         std::unique_lock lk(mu);
-        cv.wait_for(lk, interval, [&] { return urgent || !running; });
+        cv.wait_for(lk, interval, [&] { return urgent || early || !running; });
         out.swap(batch);  // the batch's buffer comes back next round: no allocation
         lines = 0;
         urgent = false;
+        early = false;
         last = !running;
       }
       if (!out.empty()) write_now(out);
@@ -83,8 +85,10 @@ void line_writer::submit(std::string_view line, bool urgent) {
       i.batch.append(line);
       i.batch.push_back('\n');
       ++i.lines;
-      const bool wake = urgent || i.lines == i.capacity / 2;  // half full: write early
+      const bool half = i.lines == i.capacity / 2;  // half full: write early
+      const bool wake = urgent || half;
       if (urgent) i.urgent = true;
+      if (half) i.early = true;
       lk.unlock();
       if (wake) i.cv.notify_one();
       return;

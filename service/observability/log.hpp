@@ -42,7 +42,9 @@ bool enabled(level l);
 void append_json_string(std::string& out, std::string_view s);
 
 // One line under construction; written when it goes out of scope. Inactive (every call a
-// no-op) when its level is disabled. Fields are written in call order; the caller keeps keys
+// no-op) when its level is disabled. It renders into this thread's buffer: never keep one alive
+// across a co_await (the coroutine may resume on another thread); a temporary or a block of
+// its own ends before the next suspension. Fields are written in call order; the caller keeps keys
 // unique and away from the base keys (ts, level, msg, instance, environment, request_id).
 class record {
  public:

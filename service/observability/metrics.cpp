@@ -42,6 +42,12 @@ const char* type_name(prometheus::MetricType t) {
   return "untyped";
 }
 
+constexpr const char* kFailureOutcomes[] = {"transient",     "in_doubt",       "invalid_grant",
+                                            "config_error",  "provider_error", "persist_failed",
+                                            "decrypt_failed"};
+constexpr const char* kReauthReasons[] = {"grant_revoked", "refresh_token_expired", "lost_rotation",
+                                          "scope_changed", "imported_without_refresh_token"};
+
 bool is_failure(std::string_view outcome) {
   return outcome == "transient" || outcome == "in_doubt" || outcome == "invalid_grant" ||
          outcome == "config_error" || outcome == "provider_error" || outcome == "persist_failed" ||
@@ -86,13 +92,34 @@ struct metrics::impl {
   std::size_t tenant_limit = 200;
   std::mutex tenants_mu;
   std::unordered_map<std::string, bool> tenants;
+  // A tenant's label. A tenant gets its zero series on both per-tenant counters when it is
+  // first seen (any refresh outcome), so a later burst is a visible increase (increase() needs
+  // a sample before it).
   std::string tenant_label(std::string_view tenant) {
     std::lock_guard lk(tenants_mu);
     const std::string t(tenant);
     if (tenants.count(t)) return t;
     if (tenants.size() < tenant_limit) {
       tenants.emplace(t, true);
+      zero_tenant_series(t);
       return t;
+    }
+    return "other";
+  }
+  void zero_tenant_series(const std::string& t) {
+    for (const char* o : kFailureOutcomes) refresh_failures.Add({{"tenant", t}, {"outcome", o}});
+    for (const char* r : kReauthReasons) invalid_grant.Add({{"tenant", t}, {"reason", r}});
+  }
+  // Provider ids are chosen by tenants: bounded like tenants, the rest are "other".
+  std::mutex providers_mu;
+  std::unordered_map<std::string, bool> providers;
+  std::string provider_label(std::string_view provider) {
+    std::lock_guard lk(providers_mu);
+    const std::string p(provider);
+    if (providers.count(p)) return p;
+    if (providers.size() < tenant_limit) {
+      providers.emplace(p, true);
+      return p;
     }
     return "other";
   }
@@ -330,6 +357,9 @@ metrics::metrics(std::size_t tenant_limit) : impl_(std::make_unique<impl>()) {
   impl_->slot_timeouts.Add({{"reason", "pool"}});
   impl_->slot_timeouts.Add({{"reason", "rate"}});
   impl_->joined.Add({});
+  impl_->in_flight.Add({}).Set(0);
+  for (const char* r : kReauthReasons) impl_->reauth.Add({{"reason", r}});
+  impl_->zero_tenant_series("other");
   impl_->sched_claims.Add({});
   impl_->sched_backlog.Add({}).Set(0);
   impl_->sched_in_flight.Add({}).Set(0);
@@ -414,10 +444,9 @@ void metrics::refresh_outcome(std::string_view trigger, std::string_view outcome
                               std::string_view tenant) {
   impl_->refreshes.Add({{"trigger", std::string(trigger)}, {"outcome", std::string(outcome)}})
       .Increment();
+  const auto label = impl_->tenant_label(tenant);  // admits the tenant (its zero series) first
   if (is_failure(outcome)) {
-    impl_->refresh_failures
-        .Add({{"tenant", impl_->tenant_label(tenant)}, {"outcome", std::string(outcome)}})
-        .Increment();
+    impl_->refresh_failures.Add({{"tenant", label}, {"outcome", std::string(outcome)}}).Increment();
   }
 }
 
@@ -428,7 +457,7 @@ void metrics::refresh_duration(std::string_view trigger, double seconds) {
 
 void metrics::provider_response(std::string_view provider, int status) {
   impl_->provider_responses
-      .Add({{"provider", std::string(provider)}, {"status_class", status_class(status)}})
+      .Add({{"provider", impl_->provider_label(provider)}, {"status_class", status_class(status)}})
       .Increment();
 }
 
@@ -466,7 +495,7 @@ void metrics::scheduler_lag(double seconds) {
 }
 void metrics::scheduler_outcome(std::string_view provider, std::string_view outcome) {
   impl_->sched_outcomes
-      .Add({{"provider", std::string(provider)}, {"outcome", std::string(outcome)}})
+      .Add({{"provider", impl_->provider_label(provider)}, {"outcome", std::string(outcome)}})
       .Increment();
 }
 

@@ -17,6 +17,7 @@
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
 #include "http/router.hpp"
+#include "oauth/answer_log.hpp"
 #include "oauth/http_client.hpp"
 #include "oauth/token_request.hpp"
 #include "observability/log.hpp"
@@ -430,30 +431,30 @@ asio::awaitable<page> flows::impl::run_exchange(exchange_job job,
                        {job.provider.default_expires_in, job.provider.refresh_token_lifetime});
   const auto status = reply.status ? std::optional<int>(reply.status) : std::nullopt;
   if (o.metrics) o.metrics->provider_response(job.provider.id, reply.status);
-  log::record(cls.kind == policy::outcome::refreshed ? log::level::info : log::level::warn,
-              "token endpoint call", job.request_id)
-      .str("tenant", job.link.tenant_id)
-      .str("connection", job.link.connection_id)
-      .str("provider", job.provider.id)
-      .str("endpoint", "token_endpoint")
-      .str("grant_type", "authorization_code")
-      .str("trigger", "reauth")
-      .num("http_status", reply.status)
-      .str("oauth_error", cls.oauth_error)
-      .str("error_description", cls.description)
-      .str("transport_error", reply.error)
-      .flag("connection_reused", reply.reused)
-      .str("outcome", policy::outcome_name(cls.kind))
-      .null("token_age_s")  // no stored token: the grant is new
-      .null("token_version")
-      .num("attempt", 1)
-      .str("link_id", job.link.id)
-      .num("backoff_ms", 0)
-      .flag("reauth_escalated", false)
-      .num("queue_latency_ms", 0)
-      .num("duration_ms", std::chrono::duration_cast<milliseconds>(steady::now() - started).count())
-      .str("client_id_hash", crypto::fingerprint(job.provider.client_id))
-      .str("redirect_uri_hash", crypto::fingerprint(job.redirect_uri));
+  // Written when `line` goes out of scope: a block of its own, so it is written here, before
+  // anything is awaited (a record holds this thread's line buffer).
+  {
+    log::record line(cls.kind == policy::outcome::refreshed ? log::level::info : log::level::warn,
+                     "token endpoint call", job.request_id);
+    line.str("tenant", job.link.tenant_id)
+        .str("connection", job.link.connection_id)
+        .str("provider", job.provider.id)
+        .str("endpoint", "token_endpoint")
+        .str("grant_type", "authorization_code")
+        .str("trigger", "reauth");
+    oauth::answer_fields(line, reply, cls)
+        .null("token_age_s")  // no stored token: the grant is new
+        .null("token_version")
+        .num("attempt", 1)
+        .str("link_id", job.link.id)
+        .num("backoff_ms", 0)
+        .flag("reauth_escalated", false)
+        .num("queue_latency_ms", 0)
+        .num("duration_ms",
+             std::chrono::duration_cast<milliseconds>(steady::now() - started).count())
+        .str("client_id_hash", crypto::fingerprint(job.provider.client_id))
+        .str("redirect_uri_hash", crypto::fingerprint(job.redirect_uri));
+  }
   if (cls.kind != policy::outcome::refreshed || !cls.tokens) {
     const std::string why = std::string("code exchange: ") +
                             std::string(policy::outcome_name(cls.kind)) +

@@ -18,6 +18,7 @@
 #include "core/schedule_policy.hpp"
 #include "crypto/crypto.hpp"
 #include "crypto/token_seal.hpp"
+#include "oauth/answer_log.hpp"
 #include "oauth/http_client.hpp"
 #include "oauth/token_request.hpp"
 #include "observability/log.hpp"
@@ -492,36 +493,35 @@ asio::awaitable<flight_result> run_locked(const engine_deps& d, flight& f, row_l
     const bool escalated = cls.kind == policy::outcome::invalid_grant;
     const auto now = d.clock.now();
     // The token-endpoint line: every field operations need (DOMAIN.md), rendered without a DOM.
-    log::record(retryable || escalated || cls.kind == policy::outcome::config_error
-                    ? log::level::warn
-                    : log::level::info,
-                "token endpoint call", f.request_id)
-        .str("tenant", row.tenant_id)
-        .str("connection", row.id)
-        .str("provider", provider.id)
-        .str("endpoint", "token_endpoint")
-        .str("grant_type", "refresh_token")
-        .str("trigger", tname)
-        .num("http_status", reply.status)
-        .str("oauth_error", cls.oauth_error)
-        .str("error_description", cls.description)
-        .str("transport_error", reply.error)
-        .flag("connection_reused", reply.reused)
-        .str("outcome", policy::outcome_name(cls.kind))
-        .num("token_age_s", token_age_s)
-        .num("token_version", row.token_version)
-        .num("attempt", attempt)
-        .num("attempt_id", marker_id)
-        .num("backoff_ms", will_retry ? static_cast<long long>(delay.count()) : 0LL)
-        .flag("reauth_escalated", escalated)
-        .num("queue_latency_ms", static_cast<long long>(queue_ms))
-        .num("duration_ms", static_cast<long long>(call_ms))
-        .str("client_id_hash", crypto::fingerprint(provider.client_id))
-        .str("redirect_uri_hash", provider.redirect_uri
-                                      ? std::optional<std::string>(
-                                            crypto::fingerprint(*provider.redirect_uri))
-                                      : std::nullopt)
-        .str("refresh_token_fingerprint", row.sealed.refresh_token_fp.value_or(""));
+    // Written when `line` goes out of scope: a block of its own, so it is written here, before
+    // anything is awaited (a record holds this thread's line buffer).
+    {
+      log::record line(retryable || escalated || cls.kind == policy::outcome::config_error
+                           ? log::level::warn
+                           : log::level::info,
+                       "token endpoint call", f.request_id);
+      line.str("tenant", row.tenant_id)
+          .str("connection", row.id)
+          .str("provider", provider.id)
+          .str("endpoint", "token_endpoint")
+          .str("grant_type", "refresh_token")
+          .str("trigger", tname);
+      oauth::answer_fields(line, reply, cls)
+          .num("token_age_s", token_age_s)
+          .num("token_version", row.token_version)
+          .num("attempt", attempt)
+          .num("attempt_id", marker_id)
+          .num("backoff_ms", will_retry ? static_cast<long long>(delay.count()) : 0LL)
+          .flag("reauth_escalated", escalated)
+          .num("queue_latency_ms", static_cast<long long>(queue_ms))
+          .num("duration_ms", static_cast<long long>(call_ms))
+          .str("client_id_hash", crypto::fingerprint(provider.client_id))
+          .str("redirect_uri_hash",
+               provider.redirect_uri
+                   ? std::optional<std::string>(crypto::fingerprint(*provider.redirect_uri))
+                   : std::nullopt)
+          .str("refresh_token_fingerprint", row.sealed.refresh_token_fp.value_or(""));
+    }
 
     event_record e = flight_event(d, f, row);
     e.attempt = attempt;

@@ -1,5 +1,8 @@
 #include "store/stats_store.hpp"
 
+#include <algorithm>
+#include <tuple>
+
 #include "store/sql.hpp"
 
 namespace tokend::store {
@@ -23,6 +26,7 @@ tenant_stats get_tenant_stats(tx_t& tx, const std::string& tenant) {
                 " count(*) FILTER (WHERE status = 'active'),"
                 " count(*) FILTER (WHERE status = 'needs_reauth'),"
                 " count(*) FILTER (WHERE status = 'active' AND refresh_token_ct IS NOT NULL"
+                "   AND refresh_expires_at > now()"
                 "   AND refresh_expires_at < now() + interval '7 days')"
                 " FROM connections WHERE tenant_id = $1",
                 tenant);
@@ -57,7 +61,16 @@ tenant_stats get_tenant_stats(tx_t& tx, const std::string& tenant) {
 }
 
 void merge_readers(tx_t& tx, const std::vector<reader_reads>& batch) {
-  for (const auto& b : batch) {
+  // Rows in one order everywhere: two instances' flushes cannot deadlock on them.
+  std::vector<const reader_reads*> sorted;
+  sorted.reserve(batch.size());
+  for (const auto& b : batch) sorted.push_back(&b);
+  std::sort(sorted.begin(), sorted.end(), [](const reader_reads* a, const reader_reads* b) {
+    return std::tie(a->tenant_id, a->connection_id, a->key_id) <
+           std::tie(b->tenant_id, b->connection_id, b->key_id);
+  });
+  for (const auto* p : sorted) {
+    const auto& b = *p;
     exec(tx,
          "INSERT INTO connection_readers (connection_row_id, tenant_id, key_id, reads,"
          " first_read_at, last_read_at)"

@@ -58,14 +58,19 @@ TEST_CASE("metrics after a scripted scenario equal what happened", "[observabili
       REQUIRE(s.t.call("GET", std::string("/v1/tokens/") + id, s.key).status == 200);
   REQUIRE(s.provider_calls() == 2);
 
-  // 2. Five callers at once on an expired connection, the provider slow: one refresh, four join.
+  // 2. Five callers at once on an expired connection: the provider's answer is held until the
+  // four others have joined the first one's flight (proved by the joined counter), so none
+  // comes late.
   REQUIRE(import_connection(s.t, s.key, "c3", "fk", "a", "r") == 201);
-  s.token.control("POST", "/control/script", {{"steps", {{{"delay_ms", 700}}}}});
+  s.token.control("POST", "/control/script", {{"steps", {{{"hold", "c3"}}}}});
   std::vector<std::future<int>> callers;
   for (int i = 0; i < 5; ++i) {
-    callers.push_back(std::async(std::launch::async,
-                                 [&] { return s.t.call("GET", "/v1/tokens/c3", s.key).status; }));
+    callers.push_back(std::async(std::launch::async, [&] {
+      return s.t.call("GET", "/v1/tokens/c3", s.key).status;
+    }));
   }
+  REQUIRE(eventually([&] { return s.metric("tokend_refresh_joined_total") == 4; }, 10s));
+  s.token.control("POST", "/control/release", {{"name", "c3"}});
   for (auto& c : callers) REQUIRE(c.get() == 200);
   REQUIRE(s.provider_calls() == 3);  // precondition: the five shared one call
 
@@ -239,9 +244,14 @@ TEST_CASE("readers list the keys that fetched a connection's token and only thos
   for (int i = 0; i < 3; ++i) REQUIRE(s.t.call("GET", "/v1/tokens/c1", a).status == 200);
   REQUIRE(s.t.call("POST", "/v1/tokens/c1/refresh", b, json::object()).status == 200);
   REQUIRE(s.t.call("GET", "/v1/tokens/c2", b).status == 200);
-  // A refused read is not a read.
-  REQUIRE(s.t.call("GET", "/v1/tokens/c1", c + "x").status == 401);
-  REQUIRE(s.t.call("GET", "/v1/connections/c1", c).status == 200);  // not a token read
+  // A request that served no token is not a read: an unknown connection, a connection view.
+  REQUIRE(s.t.call("GET", "/v1/tokens/nope", c).status == 404);
+  REQUIRE(s.t.call("GET", "/v1/connections/c1", c).status == 200);
+  // Another tenant's connection of the same name, read by its own key.
+  auto globex = s.t.tenant_key("globex");
+  put_provider(s.t, globex, "fk", s.token.url("/token"));
+  REQUIRE(import_connection(s.t, globex, "c1", "fk", "a", "r", 3600) == 201);
+  REQUIRE(s.t.call("GET", "/v1/tokens/c1", globex).status == 200);
 
   auto readers = [&](const std::string& id) {
     auto r = s.t.call("GET", "/v1/connections/" + id + "/readers", s.key);
@@ -268,10 +278,17 @@ TEST_CASE("readers list the keys that fetched a connection's token and only thos
   REQUIRE(s.t.call("GET", "/v1/tokens/c2", b).status == 200);
   REQUIRE(eventually([&] { return readers("c2")[0]["reads"] == 2; }, 5s));
 
+  // Tenants see only their own: globex's c1 was read by globex's key alone, acme's by acme's.
+  auto theirs = s.t.call("GET", "/v1/connections/c1/readers", globex);
+  REQUIRE(theirs.status == 200);
+  REQUIRE(theirs.json()["items"].size() == 1);
+  CHECK(theirs.json()["items"][0]["key_id"] != a_id);
+  CHECK(theirs.json()["items"][0]["key_id"] != b_id);
+  CHECK(theirs.json()["items"][0]["reads"] == 1);
+  CHECK(readers("c1").size() == 2);
   // Unknown ids, another tenant's connection, missing scope.
   CHECK(s.t.call("GET", "/v1/connections/nope/readers", s.key).status == 404);
-  auto globex = s.t.tenant_key("globex");
-  CHECK(s.t.call("GET", "/v1/connections/c1/readers", globex).status == 404);
+  CHECK(s.t.call("GET", "/v1/connections/c2/readers", globex).status == 404);
   auto token_only = s.t.tenant_key("acme", {"tokens:read"});
   CHECK(s.t.call("GET", "/v1/connections/c1/readers", token_only).status == 403);
   // A deleted connection takes its readers with it; the same id re-created starts empty.

@@ -710,15 +710,20 @@ TEST_CASE(
     "[webhooks]") {
   SECTION("20 events, two workers, each delivered exactly once") {
     hook_rig rig(env_map{{"TOKEND_WEBHOOKS", "off"}});
-    // All 20 wait in the outbox before either worker starts. Each answer takes 1 s, so one
-    // worker alone (4 at a time for the tenant) would need 5 s: far longer than the second
-    // instance takes to start, even on a loaded CI machine, so the claims really compete.
+    // All 20 wait in the outbox before either worker starts. Each instance sends at most 2 at
+    // a time (TOKEND_WEBHOOK_CONCURRENCY) of the tenant's 4 live claims, and each answer takes
+    // 1 s: one worker alone would need 10 s, and it can never hold the tenant's whole cap, so
+    // the second instance always finds claimable rows and the claims really compete. (With
+    // the default concurrency the first worker to start could take all 4 slots and re-claim
+    // each freed one before the other's next poll.)
     rig.receiver->control("POST", "/control/script",
                           {{"steps", {{{"delay_ms", 1000}, {"repeat", 100}}}}});
     for (int i = 0; i < 20; ++i) rig.dead(numbered("c", i));
     REQUIRE(rig.outbox_rows("status = 'pending'") == 20);
-    tokend_process a(rig.db.url(), hook_env({{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}}));
-    tokend_process b(rig.db.url(), hook_env({{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}}));
+    const auto env = hook_env(
+        {{"TOKEND_METRICS_LISTEN", "127.0.0.1:0"}, {"TOKEND_WEBHOOK_CONCURRENCY", "2"}});
+    tokend_process a(rig.db.url(), env);
+    tokend_process b(rig.db.url(), env);
     REQUIRE(rig.wait_received(20, 30s));
     REQUIRE(eventually([&] { return rig.outbox_rows("status = 'delivered'") == 20; }, 10s));
     std::this_thread::sleep_for(800ms);

@@ -194,8 +194,15 @@ tokend_process::~tokend_process() {
 }
 
 std::string tokend_process::output() const {
-  std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  return proc_->output();
+  if (!proc_->running()) return proc_->output();
+  // A barrier: the log writer writes lines in order, so once the access-log line of this
+  // request is in the file, every line logged before the call is too (warnings may be written
+  // even earlier, never later).
+  static std::atomic<int> n{0};
+  const std::string id = "log-barrier-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
+  http_call(address_, "GET", "/healthz", "", {{"X-Request-Id", id}});
+  if (auto out = proc_->wait_for_output(id, std::chrono::seconds(10))) return *out;
+  return proc_->output();  // access log off: nothing to wait for
 }
 
 int tokend_process::stop(std::chrono::milliseconds timeout) {

@@ -71,8 +71,9 @@ class tokend_process {
   const std::string& address() const { return address_; }
   const std::string& metrics_address() const { return metrics_address_; }
   child_process& process() { return *proc_; }
-  // Everything it has logged so far. tokend's log writer batches lines (written at least every
-  // 100 ms), so this first waits 250 ms: a line logged before the call is in the answer.
+  // Everything it has logged so far. tokend's log writer batches lines, so while it runs this
+  // first sends a request with a unique request id and waits for its access-log line: every
+  // line logged before the call is then in the answer (also for checks that a line is absent).
   std::string output() const;
   // SIGTERM and wait (bounded); returns the exit code or -1.
   int stop(std::chrono::milliseconds timeout = std::chrono::seconds(30));
