@@ -102,7 +102,9 @@ TEST_CASE("hot path: cached and uncached GET /v1/tokens vs a bare Beast server",
   // Precondition: the default run really writes an access-log line per request.
   REQUIRE(cached.output().find("\"msg\":\"request\"") != std::string::npos);
   for (const auto& [label, t] : std::vector<std::pair<std::string, tokend_process*>>{
-           {"cached", &cached}, {"cached_log_off_tuned", &cached_log_off}, {"uncached", &uncached}}) {
+           {"cached", &cached},
+           {"cached_log_off_tuned", &cached_log_off},
+           {"uncached", &uncached}}) {
     wrk_result base{}, raw{}, tok{};
     for (int round = 0; round < 2; ++round) {  // alternate, keep the better of each
       auto b = run_wrk(hello_url, "", 5);

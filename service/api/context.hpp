@@ -35,7 +35,7 @@ struct settings {
   std::string instance_id;
   bool allow_insecure_provider_urls = false;
   bool reader_audit = true;  // note which key read which token (GET .../readers)
-  std::string public_url;                         // base of reauth links (no trailing slash)
+  std::string public_url;    // base of reauth links (no trailing slash)
   std::chrono::seconds keepalive_margin{604800};  // for the due rule stamped by imports
 };
 

@@ -82,8 +82,8 @@ link_body read_link_fields(body_reader& body, bool insecure) {
   if (auto e = body.integer("expires_in", 300, 2592000)) b.expires_in = *e;
   b.return_url = body.string("return_url", 2048);
   if (b.return_url) {
-    if (auto why = check_provider_url(*b.return_url, insecure)) bad_request("return_url " + *why,
-                                                                           "/return_url");
+    if (auto why = check_provider_url(*b.return_url, insecure))
+      bad_request("return_url " + *why, "/return_url");
   }
   return b;
 }
@@ -101,8 +101,8 @@ void require_allowed_return_url(pqxx::work& tx, const std::string& tenant,
 
 void require_authorize_url(const provider_record& p) {
   if (!p.authorize_url) {
-    throw api_error(errc::conflict, "provider " + p.id +
-                                        " has no authorize_url; set it before creating links");
+    throw api_error(errc::conflict,
+                    "provider " + p.id + " has no authorize_url; set it before creating links");
   }
 }
 
@@ -121,8 +121,11 @@ minted mint_link(context& ctx, pqxx::work& tx, store::reauth_link_record l, long
 void log_created(context& ctx, const store::reauth_link_record& l, const http::request& req) {
   ctx.metrics.reauth_link("created");
   log::write(log::level::info, "reauth link created",
-             {{"tenant", l.tenant_id}, {"connection", l.connection_id}, {"link", l.id},
-              {"kind", l.kind}, {"reason", l.reason}},
+             {{"tenant", l.tenant_id},
+              {"connection", l.connection_id},
+              {"link", l.id},
+              {"kind", l.kind},
+              {"reason", l.reason}},
              req.request_id);
 }
 
@@ -235,9 +238,8 @@ asio::awaitable<http::response> list_reauth_links(context& ctx, http::request& r
 asio::awaitable<http::response> get_settings(context& ctx, http::request& req) {
   auto who = co_await authenticate(ctx, req);
   require_read_or_write(who);
-  auto origins = co_await in_tx(ctx, req, [&](pqxx::work& tx) {
-    return store::get_return_url_origins(tx, who.tenant_id());
-  });
+  auto origins = co_await in_tx(
+      ctx, req, [&](pqxx::work& tx) { return store::get_return_url_origins(tx, who.tenant_id()); });
   co_return json_reply(200, {{"return_url_origins", origins}});
 }
 

@@ -8,8 +8,8 @@
 #include "api/readers.hpp"
 #include "api/tx.hpp"
 #include "cache/caches.hpp"
-#include "core/validate.hpp"
 #include "core/errors.hpp"
+#include "core/validate.hpp"
 #include "http/router.hpp"
 #include "observability/metrics.hpp"
 #include "refresh/engine.hpp"
@@ -85,8 +85,7 @@ asio::awaitable<http::response> post_refresh(context& ctx, http::request& req) {
   body.finish();
   if (if_version) ctx.metrics.conditional_refresh();  // the caller got a 401 from the provider
   const refresh::caller c{who.tenant_id(), req.request_id, req.deadline};
-  co_return co_await counted(ctx, who, id,
-                             [&] { return ctx.engine.refresh(c, id, if_version); });
+  co_return co_await counted(ctx, who, id, [&] { return ctx.engine.refresh(c, id, if_version); });
 }
 
 }  // namespace

@@ -243,24 +243,22 @@ config_result parse_config(const std::map<std::string, std::string>& env, needs 
   };
   using std::chrono::hours;
   using std::chrono::milliseconds;
-  for (auto e : {on_off("TOKEND_WEBHOOKS", c.webhooks),
-                 duration("TOKEND_WEBHOOK_RETRY_BASE", milliseconds(10), hours(1),
-                          c.webhook_retry_base),
-                 duration("TOKEND_WEBHOOK_MAX_AGE", milliseconds(100), hours(24 * 30),
-                          c.webhook_max_age),
-                 duration("TOKEND_WEBHOOK_TIMEOUT", milliseconds(100), milliseconds(60000),
-                          c.webhook_timeout),
-                 duration("TOKEND_WEBHOOK_POLL_INTERVAL", milliseconds(10), milliseconds(60000),
-                          c.webhook_poll_interval),
-                 integer("TOKEND_WEBHOOK_CONCURRENCY", 1, 1000, c.webhook_concurrency),
-                 duration("TOKEND_METRICS_STATUS_INTERVAL", milliseconds(100), hours(1),
-                          c.metrics_status_interval),
-                 integer("TOKEND_METRICS_TENANT_LIMIT", 0, 100000, c.metrics_tenant_limit),
-                 duration("TOKEND_READERS_FLUSH_INTERVAL", milliseconds(100), hours(1),
-                          c.readers_flush_interval),
-                 on_off("TOKEND_READER_AUDIT", c.reader_audit),
-                 integer("TOKEND_WEBHOOK_TENANT_CONCURRENCY", 1, 1000,
-                         c.webhook_tenant_concurrency)}) {
+  for (auto e :
+       {on_off("TOKEND_WEBHOOKS", c.webhooks),
+        duration("TOKEND_WEBHOOK_RETRY_BASE", milliseconds(10), hours(1), c.webhook_retry_base),
+        duration("TOKEND_WEBHOOK_MAX_AGE", milliseconds(100), hours(24 * 30), c.webhook_max_age),
+        duration("TOKEND_WEBHOOK_TIMEOUT", milliseconds(100), milliseconds(60000),
+                 c.webhook_timeout),
+        duration("TOKEND_WEBHOOK_POLL_INTERVAL", milliseconds(10), milliseconds(60000),
+                 c.webhook_poll_interval),
+        integer("TOKEND_WEBHOOK_CONCURRENCY", 1, 1000, c.webhook_concurrency),
+        duration("TOKEND_METRICS_STATUS_INTERVAL", milliseconds(100), hours(1),
+                 c.metrics_status_interval),
+        integer("TOKEND_METRICS_TENANT_LIMIT", 0, 100000, c.metrics_tenant_limit),
+        duration("TOKEND_READERS_FLUSH_INTERVAL", milliseconds(100), hours(1),
+                 c.readers_flush_interval),
+        on_off("TOKEND_READER_AUDIT", c.reader_audit),
+        integer("TOKEND_WEBHOOK_TENANT_CONCURRENCY", 1, 1000, c.webhook_tenant_concurrency)}) {
     if (e) return {std::nullopt, *e};
   }
 

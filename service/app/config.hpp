@@ -49,13 +49,13 @@ struct config {
   std::chrono::seconds keepalive_margin{604800};  // TOKEND_KEEPALIVE_MARGIN
   bool allow_insecure_provider_urls = false;
   // Webhook delivery (webhooks/worker.hpp). Durations accept ms, s, m, h suffixes.
-  bool webhooks = true;                                          // TOKEND_WEBHOOKS: deliver here
-  std::chrono::milliseconds webhook_retry_base{10000};           // first retry; doubles to 1 h
+  bool webhooks = true;                                           // TOKEND_WEBHOOKS: deliver here
+  std::chrono::milliseconds webhook_retry_base{10000};            // first retry; doubles to 1 h
   std::chrono::milliseconds webhook_max_age{24LL * 3600 * 1000};  // retried until, then failed
-  std::chrono::milliseconds webhook_timeout{10000};              // per attempt
-  std::chrono::milliseconds webhook_poll_interval{1000};         // idle poll of the outbox
-  unsigned webhook_concurrency = 16;                             // deliveries in flight here
-  unsigned webhook_tenant_concurrency = 4;                       // live claims per tenant
+  std::chrono::milliseconds webhook_timeout{10000};               // per attempt
+  std::chrono::milliseconds webhook_poll_interval{1000};          // idle poll of the outbox
+  unsigned webhook_concurrency = 16;                              // deliveries in flight here
+  unsigned webhook_tenant_concurrency = 4;                        // live claims per tenant
   // HTTP transport limits; not in the contract's table but settable for operations and tests.
   std::chrono::milliseconds http_read_timeout{10000};  // whole header+body read of a request
   std::chrono::milliseconds http_idle_timeout{60000};  // keep-alive wait for the next request

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace tokend::observability {
 namespace {
@@ -88,40 +89,36 @@ struct metrics::impl {
     announced.push_back({name, help, prometheus::MetricType::Histogram});
     return prometheus::BuildHistogram().Name(name).Help(help).Register(*registry);
   }
-  // Tenants with a label of their own on the per-tenant counters; the rest are "other".
-  std::size_t tenant_limit = 200;
-  std::mutex tenants_mu;
-  std::unordered_map<std::string, bool> tenants;
-  // A tenant's label. A tenant gets its zero series on both per-tenant counters when it is
-  // first seen (any refresh outcome), so a later burst is a visible increase (increase() needs
-  // a sample before it).
-  std::string tenant_label(std::string_view tenant) {
-    std::lock_guard lk(tenants_mu);
-    const std::string t(tenant);
-    if (tenants.count(t)) return t;
-    if (tenants.size() < tenant_limit) {
-      tenants.emplace(t, true);
-      zero_tenant_series(t);
-      return t;
+  // Label values chosen by tenants (tenant ids, provider ids): the first `limit` keep their
+  // own, the rest are "other". `admitted` runs once for each value given a label of its own.
+  struct bounded_labels {
+    std::size_t limit = 200;
+    std::mutex mu;
+    std::unordered_set<std::string> seen;
+    template <class F>
+    std::string label(std::string_view value, F admitted) {
+      std::lock_guard lk(mu);
+      std::string v(value);
+      if (seen.count(v)) return v;
+      if (seen.size() >= limit) return "other";
+      seen.insert(v);
+      admitted(v);
+      return v;
     }
-    return "other";
+  };
+  bounded_labels tenants, providers;
+  // A tenant gets its zero series on both per-tenant counters when it is first seen (any
+  // refresh outcome), so a later burst is a visible increase (increase() needs a sample
+  // before it).
+  std::string tenant_label(std::string_view tenant) {
+    return tenants.label(tenant, [this](const std::string& t) { zero_tenant_series(t); });
   }
   void zero_tenant_series(const std::string& t) {
     for (const char* o : kFailureOutcomes) refresh_failures.Add({{"tenant", t}, {"outcome", o}});
     for (const char* r : kReauthReasons) invalid_grant.Add({{"tenant", t}, {"reason", r}});
   }
-  // Provider ids are chosen by tenants: bounded like tenants, the rest are "other".
-  std::mutex providers_mu;
-  std::unordered_map<std::string, bool> providers;
   std::string provider_label(std::string_view provider) {
-    std::lock_guard lk(providers_mu);
-    const std::string p(provider);
-    if (providers.count(p)) return p;
-    if (providers.size() < tenant_limit) {
-      providers.emplace(p, true);
-      return p;
-    }
-    return "other";
+    return providers.label(provider, [](const std::string&) {});
   }
   prometheus::Counter* token_results[std::size(kTokenResults)] = {};
   prometheus::Family<prometheus::Counter>& token_requests =
@@ -330,7 +327,8 @@ struct metrics::impl {
 };
 
 metrics::metrics(std::size_t tenant_limit) : impl_(std::make_unique<impl>()) {
-  impl_->tenant_limit = tenant_limit;
+  impl_->tenants.limit = tenant_limit;
+  impl_->providers.limit = tenant_limit;
   impl_->build.Add({{"version", TOKEND_VERSION}}).Set(1);
   for (std::size_t i = 0; i < std::size(kTokenResults); ++i)
     impl_->token_results[i] = &impl_->token_requests.Add({{"result", kTokenResults[i]}});

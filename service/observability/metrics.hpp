@@ -36,8 +36,7 @@ class metrics {
 
   // Refresh engine signals. A failed outcome (transient, in_doubt, invalid_grant, config_error,
   // provider_error, persist_failed, decrypt_failed) also counts for its tenant.
-  void refresh_outcome(std::string_view trigger, std::string_view outcome,
-                       std::string_view tenant);
+  void refresh_outcome(std::string_view trigger, std::string_view outcome, std::string_view tenant);
   // A refresh flight from its start to its result, by trigger.
   void refresh_duration(std::string_view trigger, double seconds);
   void provider_call(double seconds);

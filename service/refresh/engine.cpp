@@ -339,9 +339,8 @@ asio::awaitable<void> engine::run_flight(std::shared_ptr<flight> f) {
                {{"tenant", f->tenant}, {"connection", f->id}, {"error", e.what()}}, f->request_id);
     result.error = api_error(errc::internal, "internal error");
   }
-  d_->metrics.refresh_duration(
-      detail::trigger_name(f->t),
-      std::chrono::duration<double>(steady::now() - f->started).count());
+  d_->metrics.refresh_duration(detail::trigger_name(f->t),
+                               std::chrono::duration<double>(steady::now() - f->started).count());
   // Drop this instance's entry before anyone is answered (the notification sent with the
   // change reaches the other instances).
   d_->caches.invalidate(cache::caches::token_key(f->tenant, f->id));
